@@ -1,0 +1,63 @@
+"""Train a method.
+
+    python scripts/train.py --method=suponly --dataset=synthetic
+    python scripts/train.py --method=alss --split=1464                # VOC at ./data/VOCdevkit/VOC2012
+    python scripts/train.py --method=suponly --dataset=camvid --data_dir=../shared/data/camvid --split=1_8
+    python scripts/train.py --method=alss --dataset=voc --set lambda_semi=0.2 --set semi_start=2000
+
+Settings come from configs/ (the paper's, per dataset); flags and --set override them.
+"""
+
+import json
+import sys
+
+import _bootstrap  # noqa: F401
+from absl import app, flags
+
+import configs
+from tfsemiseg import runner
+from tfsemiseg.data import DataError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("method", "suponly", "suponly | alss")
+flags.DEFINE_string("dataset", "voc", "voc | cityscapes | camvid | folder | synthetic")
+flags.DEFINE_string("split", None, "1464, 1_16, 1_8, 1_4, 1_2, full, a number, or a directory with labeled.txt")
+flags.DEFINE_string("data_dir", None, "dataset root (default: ./data/<dataset> or $TFSEMISEG_DATA)")
+flags.DEFINE_string("workdir", None, "run directory (default: runs/<method>_<dataset>_<split>)")
+flags.DEFINE_multi_string("set", [], "override any config field: --set name=value (repeatable)")
+flags.DEFINE_integer("iterations", None, "training iterations")
+flags.DEFINE_integer("batch_size", None, "global batch size")
+flags.DEFINE_integer("seed", None, "random seed (split draw, shuffling, initialisation)")
+flags.DEFINE_string("backbone", None, "resnet101 | resnet50 | small | tiny")
+flags.DEFINE_string("arch", None, "deeplabv2 | deeplabv3plus | pspnet")
+flags.DEFINE_string("backbone_weights", None, "'' (none), 'imagenet', or a path to keras.applications weights")
+flags.DEFINE_string("eval_split", None, "split evaluated at the end (val, test, ...)")
+flags.DEFINE_bool("mixed_precision", None, "mixed_float16 on GPU (mixed_bfloat16 on CPU)")
+flags.DEFINE_bool("jit_compile", None, "XLA-compile the train step")
+flags.DEFINE_string("distribute", None, "none | mirrored (all local GPUs) | multiworker (TF_CONFIG)")
+flags.DEFINE_integer("verbose", 1, "Keras progress bar: 0 silent, 1 bar, 2 a line per epoch")
+
+DIRECT = ("split", "data_dir", "workdir", "iterations", "batch_size", "seed", "backbone", "arch",
+          "backbone_weights", "eval_split", "mixed_precision", "jit_compile", "distribute")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        cfg = configs.get_config(FLAGS.method, FLAGS.dataset)
+        cfg = cfg.replace(**{k: FLAGS[k].value for k in DIRECT if FLAGS[k].value is not None})
+        cfg = cfg.override(FLAGS.set)
+        if not cfg.workdir:
+            cfg = cfg.replace(workdir=f"runs/{cfg.method}_{cfg.dataset}_{cfg.split}")
+        metrics = runner.train(cfg, verbose=FLAGS.verbose)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    print(json.dumps({k: metrics[k] for k in ("method", "dataset", "split", "steps", "train_images_per_sec")}))
+    for name, iou in metrics["per_class_iou"].items():
+        print(f"  {name:>14s}: {'-' if iou is None else f'{100 * iou:.1f}'}")
+    print(f"{metrics['eval_split']} mIoU: {100 * metrics['miou']:.2f}  (written to {cfg.workdir}/metrics.json)")
+
+
+if __name__ == "__main__":
+    app.run(main)

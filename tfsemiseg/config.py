@@ -1,0 +1,113 @@
+"""The run configuration: one flat dataclass, filled from `configs/` and overridden from the CLI.
+
+Paper settings live in `configs/<method>.py` as plain Python; every field can be overridden
+with `--set name=value` (typed by the field's default) or a dedicated flag.
+"""
+
+import dataclasses
+import json
+
+
+@dataclasses.dataclass
+class Config:
+    # run
+    method: str = "suponly"
+    dataset: str = "synthetic"
+    split: str = ""
+    data_dir: str = ""
+    workdir: str = ""
+    seed: int = 0
+    # data
+    crop_size: int = 64
+    scale_range: tuple = (0.5, 2.0)
+    base_size: int = 0  # 0: scale the image's own size; else resize its long side to base_size * s
+    image_scale: float = 1.0  # resize whole images once (e.g. 0.5 for CPU-sized runs)
+    batch_size: int = 8
+    eval_batch_size: int = 1
+    eval_split: str = "val"
+    eval_window: int = 0  # sliding-window evaluation window (0: whole image)
+    class_names: tuple = ()  # folder datasets
+    ignore_value: int = 255  # the void value on disk (converted to 255 internally)
+    image_size: int = 64  # synthetic images
+    # model
+    arch: str = "deeplabv2"
+    backbone: str = "tiny"
+    output_stride: int = 8
+    backbone_weights: str = ""  # "", "imagenet" or a path to keras.applications weights
+    freeze_bn: bool = False
+    aspp_rates: tuple = ()
+    # optimisation
+    iterations: int = 1000
+    steps_per_epoch: int = 100  # logging / checkpoint / evaluation cadence
+    eval_every: int = 0  # epochs between evaluations during training (0: only at the end)
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    head_lr_mult: float = 10.0
+    # hardware
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    distribute: str = "none"  # none | mirrored | multiworker
+    # ALSS (Hung et al. 2018)
+    lambda_adv: float = 0.01
+    lambda_semi_adv: float = 0.001
+    lambda_semi: float = 0.1
+    T_semi: float = 0.2
+    semi_start: int = 5000
+    semi_start_adv: int = 0
+    d_lr: float = 1e-4
+    d_beta_1: float = 0.9
+    d_beta_2: float = 0.99
+
+    def replace(self, **changes):
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"Unknown config field(s) {unknown}; valid fields: "
+                             f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def override(self, assignments):
+        """Apply `name=value` strings, converting each value to the field's type."""
+        changes = {}
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"--set expects name=value, got {item!r}")
+            name, value = item.split("=", 1)
+            name = name.strip()
+            if name not in fields:
+                self.replace(**{name: None})  # raises with the list of valid fields
+            changes[name] = _parse(value, getattr(self, name), name)
+        return self.replace(**changes)
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text):
+        data = json.loads(text)
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls().replace(**data)
+
+
+def _parse(value, default, name):
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if isinstance(default, tuple):
+            items = [v for v in value.split(",") if v]
+            if default and isinstance(default[0], (int, float)):
+                return tuple(type(default[0])(float(v)) if isinstance(default[0], int) else float(v) for v in items)
+            try:
+                return tuple(float(v) if "." in v else int(v) for v in items)
+            except ValueError:
+                return tuple(items)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return value
+    except ValueError:
+        raise ValueError(f"--set {name}={value}: expected a value of type {type(default).__name__}") from None

@@ -1,0 +1,124 @@
+"""Joint image/label augmentation, per example, inside tf.data.
+
+Images are float32 in [0, 255] (normalisation belongs to the model, see
+`tfsemiseg.models.backbones.ImageNormalization`); labels are uint8 with IGNORE_LABEL (255)
+where there is no ground truth, including padding and cutout boxes.
+
+- `weak_augment`: random scale, pad (image 0, label ignore), random crop, horizontal flip.
+- `StrongAugment`: photometric augmentation from Keras core layers (colour jitter, grayscale,
+  Gaussian blur) plus a cutout box filled with noise whose label becomes ignore. This is the
+  ST++ recipe (Yang et al. 2022, Sec. 3.2), reused by later methods.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfsemiseg.data.io import IGNORE_LABEL
+
+
+def resize(image, label, size):
+    """Bilinear image, nearest-neighbour label, to `size` = (h, w)."""
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+    if label is not None:
+        label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
+    return image, label
+
+
+def random_scale(image, label, scale_range, base_size=None):
+    """Resize by a factor drawn from `scale_range`; with `base_size` the long side becomes base_size*s."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    factor = tf.random.uniform([], scale_range[0], scale_range[1])
+    if base_size:
+        factor = factor * base_size / tf.reduce_max(shape)
+    size = tf.cast(tf.round(shape * factor), tf.int32)
+    return resize(image, label, tf.maximum(size, 1))
+
+
+def pad_to(image, label, size):
+    """Pad bottom/right to at least `size` x `size`: image with 0, label with IGNORE_LABEL."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    pads = [[0, tf.maximum(size - h, 0)], [0, tf.maximum(size - w, 0)]]
+    image = tf.pad(image, pads + [[0, 0]], constant_values=0.0)
+    label = tf.pad(label, pads, constant_values=IGNORE_LABEL)
+    return image, label
+
+
+def random_crop(image, label, size):
+    """The same random `size` x `size` window of image and label."""
+    stacked = tf.concat([image, tf.cast(label[..., None], tf.float32)], axis=-1)
+    stacked = tf.image.random_crop(stacked, [size, size, 4])
+    return stacked[..., :3], tf.cast(stacked[..., 3], tf.uint8)
+
+
+def random_flip(image, label):
+    flip = tf.random.uniform([]) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
+    return image, label
+
+
+def weak_augment(image, label, crop_size, scale_range=(0.5, 2.0), base_size=None):
+    """Scale, pad, crop, flip. Returns float32 [crop, crop, 3] and uint8 [crop, crop]."""
+    image, label = random_scale(image, label, scale_range, base_size)
+    image, label = pad_to(image, label, crop_size)
+    image, label = random_crop(image, label, crop_size)
+    return random_flip(image, label)
+
+
+def random_box(height, width, p=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)):
+    """A [h, w] bool mask with one random box (with probability `p`), as the ST++ cutout sampler.
+
+    Area ~ U(area) * H * W, aspect ~ U(ratio); redrawn until the box fits in the image.
+    """
+    hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+
+    def draw(_bh, _bw):
+        size = tf.random.uniform([], area[0], area[1]) * hf * wf
+        r = tf.random.uniform([], ratio[0], ratio[1])
+        return (tf.cast(tf.sqrt(size * r), tf.int32), tf.cast(tf.sqrt(size / r), tf.int32))
+
+    bh, bw = tf.while_loop(lambda bh, bw: tf.logical_or(bh > height, bw > width), draw,
+                           draw(0, 0), maximum_iterations=100)
+    bh, bw = tf.minimum(bh, height), tf.minimum(bw, width)
+    y0 = tf.random.uniform([], 0, height - bh + 1, dtype=tf.int32)
+    x0 = tf.random.uniform([], 0, width - bw + 1, dtype=tf.int32)
+    ys, xs = tf.range(height)[:, None], tf.range(width)[None, :]
+    box = (ys >= y0) & (ys < y0 + bh) & (xs >= x0) & (xs < x0 + bw)
+    return tf.logical_and(box, tf.random.uniform([]) < p)
+
+
+def cutout(image, label, p=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)):
+    """Fill a random box with uniform noise in [0, 255] and set its label to ignore."""
+    box = random_box(tf.shape(image)[0], tf.shape(image)[1], p, area, ratio)
+    noise = tf.random.uniform(tf.shape(image), 0.0, 255.0)
+    image = tf.where(box[..., None], noise, image)
+    label = tf.where(box, tf.constant(IGNORE_LABEL, label.dtype), label)
+    return image, label
+
+
+class StrongAugment:
+    """Photometric strong augmentation + cutout, for one example (image [H, W, 3], label [H, W]).
+
+    Defaults are ST++'s: ColorJitter(0.5, 0.5, 0.5, 0.25) with p 0.8, grayscale p 0.2,
+    Gaussian blur p 0.5 with sigma in [0.1, 2.0], cutout p 0.5 with a box of 2-40 % of the crop.
+    """
+
+    def __init__(self, jitter=(0.5, 0.5, 0.5, 0.25), p_jitter=0.8, p_gray=0.2, p_blur=0.5,
+                 blur_sigma=(0.1, 2.0), p_cutout=0.5, cutout_area=(0.02, 0.4)):
+        b, c, s, h = jitter
+        self.p_jitter, self.p_cutout, self.cutout_area = p_jitter, p_cutout, cutout_area
+        self.jitter = keras.layers.RandomColorJitter(
+            value_range=(0, 255), brightness_factor=b, contrast_factor=c, saturation_factor=s, hue_factor=h)
+        self.gray = keras.layers.RandomGrayscale(factor=p_gray)
+        # PIL's GaussianBlur(radius=sigma) reaches about 3 sigma: a 13-tap kernel covers sigma = 2.
+        self.blur = keras.layers.RandomGaussianBlur(
+            factor=(p_blur, p_blur), kernel_size=2 * math.ceil(3 * blur_sigma[1]) + 1, sigma=blur_sigma,
+            value_range=(0, 255))
+
+    def __call__(self, image, label):
+        image = tf.cond(tf.random.uniform([]) < self.p_jitter, lambda: self.jitter(image), lambda: image)
+        image = self.blur(self.gray(image))
+        image = tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0)
+        return cutout(image, label, self.p_cutout, self.cutout_area)

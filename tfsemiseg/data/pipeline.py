@@ -1,0 +1,80 @@
+"""tf.data pipelines: the labeled stream, the unlabeled stream and the evaluation set.
+
+The two training streams are independent, infinite and shuffled (each with its own seed),
+so a method zips as many of them as its train_step consumes. Everything runs in tf.data
+(`map(num_parallel_calls=AUTOTUNE)`, `prefetch`), never in Python generators.
+
+Batches:
+- labeled: {"image": float32 [B, crop, crop, 3] in [0, 255], "label": uint8 [B, crop, crop]}
+- unlabeled: {"image": ..., "valid": bool [B, crop, crop]} (False where padded); with `strong`,
+  also "image_strong" (photometric + cutout) and its "valid_strong" (False under the box too).
+- eval: whole images, padded per batch (image 0, label IGNORE_LABEL).
+"""
+
+import tensorflow as tf
+
+from tfsemiseg.data import augment
+from tfsemiseg.data.io import IGNORE_LABEL
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _prescale(example, image_scale):
+    """Resize whole examples once (e.g. 0.5 for CPU-sized runs); identity when 1."""
+    if image_scale == 1:
+        return example
+    size = tf.cast(tf.round(tf.cast(tf.shape(example["image"])[:2], tf.float32) * image_scale), tf.int32)
+    image, label = augment.resize(example["image"], example.get("label"), size)
+    out = {"image": image}
+    if label is not None:
+        out["label"] = label
+    return out
+
+
+def labeled_stream(dataset, cfg, seed=0, batch_size=None, strong=None):
+    """Infinite shuffled batches of weakly augmented labeled crops."""
+    def prepare(example):
+        example = _prescale(example, cfg.image_scale)
+        image, label = augment.weak_augment(example["image"], example["label"], cfg.crop_size,
+                                            cfg.scale_range, cfg.base_size)
+        if strong is not None:
+            image, label = strong(image, label)
+        return {"image": image, "label": label}
+
+    ds = dataset.examples("labeled", shuffle_seed=seed, repeat=True)
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None):
+    """Infinite shuffled batches of unlabeled crops (labels are never read).
+
+    With `strong` (an `augment.StrongAugment`), each crop also gets a strongly augmented
+    view with the same geometry.
+    """
+    def prepare(example):
+        example = _prescale(example, cfg.image_scale)
+        image = tf.cast(example["image"], tf.float32)
+        image, pad = augment.weak_augment(image, tf.zeros(tf.shape(image)[:2], tf.uint8), cfg.crop_size,
+                                          cfg.scale_range, cfg.base_size)
+        out = {"image": image, "valid": pad != IGNORE_LABEL}
+        if strong is not None:
+            image_s, pad_s = strong(image, pad)
+            out.update(image_strong=image_s, valid_strong=pad_s != IGNORE_LABEL)
+        return out
+
+    ds = dataset.examples("unlabeled", shuffle_seed=seed, repeat=True, with_label=False)
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_stream(dataset, cfg, subset="val", batch_size=None):
+    """Whole images (no crop), in order, padded to the largest image of each batch."""
+    def prepare(example):
+        example = _prescale(example, cfg.image_scale)
+        return {"image": tf.cast(example["image"], tf.float32), "label": example["label"]}
+
+    ds = dataset.examples(subset).map(prepare, num_parallel_calls=AUTOTUNE)
+    ds = ds.padded_batch(batch_size or cfg.eval_batch_size,
+                         padding_values={"image": 0.0, "label": tf.constant(IGNORE_LABEL, tf.uint8)})
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,43 @@
+"""Losses shared by all methods. Each returns a float32 scalar, a mean over the pixels that count.
+
+Means are taken per replica; `SegmentationMethod.update_segmenter` divides by the number of
+replicas, whose gradients tf.distribute sums.
+"""
+
+import tensorflow as tf
+
+from tfsemiseg.data.io import IGNORE_LABEL
+
+
+def _masked_mean(values, mask):
+    mask = tf.cast(mask, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
+
+
+def cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
+    """Softmax cross-entropy averaged over pixels whose label is not `ignore_label`; 0 if none.
+
+    labels: int [B, H, W]; logits: [B, H, W, C].
+    """
+    labels = tf.cast(labels, tf.int32)
+    valid = labels != ignore_label
+    logits = tf.cast(logits, tf.float32)
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.where(valid, labels, 0), logits)
+    return _masked_mean(per_pixel, valid)
+
+
+def soft_cross_entropy(targets, logits, mask=None):
+    """Cross-entropy against soft targets [B, H, W, C], averaged over `mask` (all pixels if None)."""
+    per_pixel = tf.nn.softmax_cross_entropy_with_logits(tf.cast(targets, tf.float32), tf.cast(logits, tf.float32))
+    return _masked_mean(per_pixel, tf.ones_like(per_pixel) if mask is None else mask)
+
+
+def binary_cross_entropy(logits, target, mask=None):
+    """Sigmoid BCE of per-pixel logits [B, H, W(, 1)] against a constant `target` (0 or 1) or a map."""
+    logits = tf.cast(logits, tf.float32)
+    if logits.shape.rank == 4:
+        logits = logits[..., 0]
+    targets = tf.broadcast_to(tf.cast(target, tf.float32), tf.shape(logits))
+    per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(targets, logits)
+    return _masked_mean(per_pixel, tf.ones_like(per_pixel) if mask is None else mask)
+

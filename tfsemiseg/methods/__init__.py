@@ -1,0 +1,12 @@
+"""One file per method; `METHODS` maps the `--method` flag to its keras.Model class."""
+
+from tfsemiseg.methods.base import SegmentationMethod
+from tfsemiseg.methods.suponly import SupOnly
+
+METHODS = {"suponly": SupOnly}
+
+
+def get_method(name):
+    if name not in METHODS:
+        raise ValueError(f"Unknown --method={name!r}; choose one of {sorted(METHODS)}.")
+    return METHODS[name]

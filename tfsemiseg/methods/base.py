@@ -1,0 +1,126 @@
+"""What every method shares: the segmenter, evaluation (mIoU) and the segmenter's update step.
+
+A method subclasses `SegmentationMethod` and writes its `train_step` as its paper's
+equations; evaluation (`test_step`), inference with padding or sliding windows, loss
+trackers and the optimiser step with the head LR multiplier come from here.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfsemiseg import metrics, optim
+
+
+def pad_to_multiple(images, multiple):
+    """Pad [B, H, W, C] bottom/right with zeros to multiples of `multiple`; returns (padded, H, W)."""
+    h, w = tf.shape(images)[1], tf.shape(images)[2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return tf.pad(images, [[0, 0], [0, ph], [0, pw], [0, 0]]), h, w
+
+
+def sliding_window_scores(predict, images, window, stride):
+    """Softmax scores summed over overlapping `window` x `window` crops (borders aligned), averaged.
+
+    Works on dynamic shapes inside tf.function; images smaller than the window are padded.
+    """
+    h, w = tf.shape(images)[1], tf.shape(images)[2]
+    padded = tf.pad(images, [[0, 0], [0, tf.maximum(window - h, 0)], [0, tf.maximum(window - w, 0)], [0, 0]])
+    ph, pw = tf.shape(padded)[1], tf.shape(padded)[2]
+    ny = (ph - window + stride - 1) // stride + 1
+    nx = (pw - window + stride - 1) // stride + 1
+
+    def body(i, total, count):
+        y = tf.minimum((i // nx) * stride, ph - window)
+        x = tf.minimum((i % nx) * stride, pw - window)
+        scores = tf.nn.softmax(predict(padded[:, y:y + window, x:x + window]), axis=-1)
+        pads = [[0, 0], [y, ph - y - window], [x, pw - x - window], [0, 0]]
+        return i + 1, total + tf.pad(scores, pads), count + tf.pad(tf.ones_like(scores[..., :1]), pads)
+
+    num_classes = predict(padded[:1, :window, :window]).shape[-1]
+    total = tf.zeros(tf.concat([tf.shape(padded)[:3], [num_classes]], 0))
+    _, total, count = tf.while_loop(lambda i, *_: i < ny * nx, body,
+                                    (tf.constant(0), total, tf.zeros_like(total[..., :1])))
+    return (total / count)[:, :h, :w]
+
+
+class SegmentationMethod(keras.Model):
+    """Base of all methods.
+
+    Args:
+        segmenter: a model from raw images [B, H, W, 3] to logits [B, H, W, C].
+        num_classes: C.
+        head_lr_mult: gradient multiplier of `head_*` layers (10 in DeepLab recipes).
+        eval_window, eval_stride: sliding-window evaluation (e.g. Cityscapes); whole images if None.
+    """
+
+    loss_names = ("loss",)
+
+    def __init__(self, segmenter, num_classes, head_lr_mult=10.0, eval_window=None, eval_stride=None, **kwargs):
+        super().__init__(**kwargs)
+        self.segmenter = segmenter
+        self.num_classes = num_classes
+        self.head_lr_mult = head_lr_mult
+        self.eval_window = eval_window
+        self.eval_stride = eval_stride or (eval_window and eval_window * 2 // 3)
+        self.miou = metrics.MeanIoU(num_classes)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+        self.built = True  # the networks are functional models, built at construction
+
+    @classmethod
+    def create(cls, cfg, num_classes):
+        """The compiled method for a `Config` (implemented by each method)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def train_data(dataset, cfg):
+        """The tf.data stream its train_step consumes (implemented by each method)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def extra_callbacks(model, dataset, cfg):
+        """Method-specific callbacks (e.g. TensorBoard images)."""
+        return []
+
+    def call(self, images, training=False):
+        return self.segmenter(images, training=training)
+
+    def predict_scores(self, images):
+        """Inference on whole images (padded to a multiple of 32) or by sliding window."""
+        images = tf.cast(images, tf.float32)
+        if self.eval_window:
+            return sliding_window_scores(lambda x: self.segmenter(x, training=False), images,
+                                         self.eval_window, self.eval_stride)
+        padded, h, w = pad_to_multiple(images, 32)
+        return self.segmenter(padded, training=False)[:, :h, :w]
+
+    def test_step(self, data):
+        self.miou.update_state(data["label"], self.predict_scores(data["image"]))
+        return {"miou": self.miou.result()}
+
+    def predict_step(self, data):
+        images = data["image"] if isinstance(data, dict) else data
+        return tf.argmax(self.predict_scores(images), axis=-1, output_type=tf.int32)
+
+    # -- training helpers ------------------------------------------------------------------
+
+    def update_segmenter(self, tape, loss, optimizer=None):
+        """Backpropagate `loss` into the segmenter and step `optimizer` (the compiled one by default).
+
+        Handles mixed-precision loss scaling, tf.distribute replica scaling and the head LR
+        multiplier, so a train_step only writes its losses.
+        """
+        optimizer = optimizer or self.optimizer
+        variables = self.segmenter.trainable_variables
+        # Seeding backprop with the replica and loss-scale factors = differentiating the scaled loss.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        seed = optimizer.scale_loss(tf.constant(1.0 / replicas, loss.dtype))
+        grads = tape.gradient(loss, variables, output_gradients=seed)
+        multipliers = optim.lr_multipliers(variables, self.head_lr_mult)
+        grads = [g * m if m != 1.0 else g for g, m in zip(grads, multipliers)]
+        optimizer.apply_gradients(zip(grads, variables))
+
+    def log(self, **values):
+        """Update the named loss trackers; returns the dict a train_step returns."""
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}

@@ -1,0 +1,38 @@
+"""SupOnly: the supervised baseline every semi-supervised method is compared with.
+
+Trains the segmenter on the labeled split only, with pixel-wise cross-entropy (ignore 255),
+SGD + momentum, poly LR decay, weight decay and a 10x head LR (the DeepLab recipe).
+
+    model = SupOnly.create(cfg, num_classes)
+    model.fit(SupOnly.train_data(dataset, cfg), steps_per_epoch=..., epochs=...)
+"""
+
+import tensorflow as tf
+
+from tfsemiseg import losses, optim
+from tfsemiseg.data import pipeline
+from tfsemiseg.methods.base import SegmentationMethod
+from tfsemiseg.models.segmenters import build_from_config
+
+
+class SupOnly(SegmentationMethod):
+    loss_names = ("loss_ce",)
+
+    @classmethod
+    def create(cls, cfg, num_classes):
+        model = cls(build_from_config(cfg, num_classes), num_classes, head_lr_mult=cfg.head_lr_mult,
+                    eval_window=cfg.eval_window)
+        model.compile(optimizer=optim.poly_sgd(cfg.lr, cfg.iterations, cfg.momentum, cfg.weight_decay),
+                      jit_compile=cfg.jit_compile)
+        return model
+
+    @staticmethod
+    def train_data(dataset, cfg):
+        return pipeline.labeled_stream(dataset, cfg, seed=cfg.seed)
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            logits = self.segmenter(data["image"], training=True)
+            loss_ce = losses.cross_entropy(data["label"], logits)
+        self.update_segmenter(tape, loss_ce)
+        return self.log(loss_ce=loss_ce)

@@ -1,0 +1,30 @@
+"""Optimisers with the polynomial ("poly") learning-rate decay of DeepLab, and the head LR multiplier.
+
+lr(it) = base_lr * (1 - it / T) ** power is `keras.optimizers.schedules.PolynomialDecay`
+with `end_learning_rate=0`. The "head at 10x the backbone LR" rule is applied by scaling the
+head's gradients (`lr_multipliers`), which for Keras' SGD (v = mu v - lr g) is exactly a
+10x learning rate for those variables.
+"""
+
+import keras
+
+from tfsemiseg.models.segmenters import is_head_variable
+
+
+def poly_schedule(lr, iterations, power=0.9):
+    return keras.optimizers.schedules.PolynomialDecay(lr, max(1, iterations), end_learning_rate=0.0, power=power)
+
+
+def poly_sgd(lr, iterations, momentum=0.9, weight_decay=None, power=0.9):
+    """SGD with momentum and poly decay. Weight decay is Keras' (lr * wd * w per step)."""
+    return keras.optimizers.SGD(poly_schedule(lr, iterations, power), momentum=momentum,
+                                weight_decay=weight_decay or None)
+
+
+def poly_adam(lr, iterations, beta_1=0.9, beta_2=0.99, power=0.9):
+    return keras.optimizers.Adam(poly_schedule(lr, iterations, power), beta_1=beta_1, beta_2=beta_2)
+
+
+def lr_multipliers(variables, head_lr_mult):
+    """Per-variable gradient multipliers: `head_lr_mult` for `head_*` layers, 1 for the backbone."""
+    return [head_lr_mult if is_head_variable(v) else 1.0 for v in variables]
