@@ -36,6 +36,7 @@ class Config:
     backbone_weights: str = ""  # "", "imagenet" or a path to keras.applications weights
     freeze_bn: bool = False
     aspp_rates: tuple = ()
+    head_channels: int = 256  # DeepLab-v3+ ASPP / decoder width (PSPNet: twice it)
     # optimisation
     iterations: int = 1000
     steps_per_epoch: int = 100  # logging / checkpoint / evaluation cadence

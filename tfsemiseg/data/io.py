@@ -63,15 +63,12 @@ def read_image(path):
 
 
 def _palette_to_index(rgb):
-    """Map VOC-palette colours back to class indices (unknown colours become 255)."""
-    code = tf.cast(rgb, tf.int64)
-    code = code[..., 0] * 65536 + code[..., 1] * 256 + code[..., 2]
-    keys = VOC_COLORMAP[:, 0] * 65536 + VOC_COLORMAP[:, 1] * 256 + VOC_COLORMAP[:, 2]
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(keys[:21].tolist() + [keys[255]]),
-                                            tf.constant(list(range(21)) + [255], tf.int64)),
-        default_value=255)
-    return tf.cast(table.lookup(code), tf.uint8)
+    """Map VOC-palette colours back to class indices (colours outside the palette become 255)."""
+    indices = list(range(21)) + [255]
+    palette = tf.constant(VOC_COLORMAP[indices], tf.int32)  # [22, 3]
+    matches = tf.reduce_all(tf.cast(rgb, tf.int32)[..., None, :] == palette, axis=-1)  # [H, W, 22]
+    index = tf.gather(tf.constant(indices, tf.uint8), tf.argmax(matches, axis=-1))
+    return tf.where(tf.reduce_any(matches, axis=-1), index, tf.constant(255, tf.uint8))
 
 
 def read_label(path, num_classes, ignore_value=IGNORE_LABEL):
@@ -84,6 +81,7 @@ def read_label(path, num_classes, ignore_value=IGNORE_LABEL):
     label = tf.cond(tf.shape(decoded)[-1] == 1,
                     lambda: decoded[..., 0],
                     lambda: _palette_to_index(decoded[..., :3]))
+    label.set_shape([None, None])
     label = tf.where(label == ignore_value, tf.constant(IGNORE_LABEL, tf.uint8), label)
     bad = tf.logical_and(label >= num_classes, label != IGNORE_LABEL)
     check = tf.debugging.Assert(

@@ -2,8 +2,8 @@
 
 Each image shows 2-4 objects on a textured background. An object's class is given by its
 *shape* (disc, square, triangle, ring, cross), never by its colour: objects and background
-take random colours and stripe textures, shapes are rotated and scaled, and later objects
-occlude earlier ones. A network must learn shape from context, so a model trained on a
+take random colours (objects faintly striped, the background strongly), shapes are rotated
+and scaled, and later objects occlude earlier ones. A network must learn shape from context, so a model trained on a
 handful of labels is clearly worse than one trained on all of them, and unlabelled images
 help. Rendering is stateless (`tf.random.stateless_*`), so example `i` of a given seed is
 the same on every machine and in every epoch.
@@ -22,11 +22,11 @@ def _uniform(seed, shape=(), lo=0.0, hi=1.0):
     return tf.random.stateless_uniform(shape, seed, lo, hi)
 
 
-def _texture(seed, yy, xx, size):
-    """Random colour pair modulated by a random oriented sinusoidal grating + noise."""
+def _texture(seed, yy, xx, size, contrast=255.0):
+    """A random colour and a second one up to `contrast` away, mixed by a random oriented grating, + noise."""
     s = tf.random.split(seed, 5)
     c1 = _uniform(s[0], [3], 0.0, 255.0)
-    c2 = _uniform(s[1], [3], 0.0, 255.0)
+    c2 = tf.clip_by_value(c1 + _uniform(s[1], [3], -contrast, contrast), 0.0, 255.0)
     angle = _uniform(s[2], [], 0.0, math.pi)
     freq = _uniform(s[3], [], 2.0, 8.0) * 2 * math.pi / size
     wave = 0.5 + 0.5 * tf.sin(freq * (tf.cos(angle) * xx + tf.sin(angle) * yy))
@@ -55,19 +55,19 @@ def render(index, seed=0, size=64):
     key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
     keys = tf.random.split(key, 2 + MAX_OBJECTS)
     yy, xx = tf.meshgrid(tf.range(size, dtype=tf.float32), tf.range(size, dtype=tf.float32), indexing="ij")
-    image = _texture(keys[0], yy, xx, size)
+    image = _texture(keys[0], yy, xx, size, contrast=150.0)
     label = tf.zeros([size, size], tf.int32)
     num_objects = tf.random.stateless_uniform([], keys[1], 2, MAX_OBJECTS + 1, dtype=tf.int32)
     for k in range(MAX_OBJECTS):
         s = tf.random.split(keys[2 + k], 6)
         cls = tf.random.stateless_uniform([], s[0], 1, NUM_CLASSES, dtype=tf.int32)
-        r = _uniform(s[1], [], 0.12, 0.25) * size
+        r = _uniform(s[1], [], 0.15, 0.3) * size
         cy, cx = tf.unstack(_uniform(s[2], [2], 0.15, 0.85) * size)
         theta = _uniform(s[3], [], 0.0, 2 * math.pi)
         u = tf.cos(theta) * (xx - cx) + tf.sin(theta) * (yy - cy)
         v = -tf.sin(theta) * (xx - cx) + tf.cos(theta) * (yy - cy)
         mask = tf.logical_and(_shape_mask(cls, u, v, r), k < num_objects)
-        image = tf.where(mask[..., None], _texture(s[4], yy, xx, size), image)
+        image = tf.where(mask[..., None], _texture(s[4], yy, xx, size, contrast=40.0), image)
         label = tf.where(mask, cls, label)
     image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
     return {"image": image, "label": tf.cast(label, tf.uint8)}

@@ -77,17 +77,18 @@ def aspp_v3(x, rates, filters=256, dropout=0.5):
     return layers.SpatialDropout2D(dropout, name="head_aspp_dropout")(x) if dropout else x
 
 
-def deeplabv3plus(c1, c4, num_classes, rates, dropout=True):
+def deeplabv3plus(c1, c4, num_classes, rates, dropout=True, channels=256):
     """DeepLab-v3+ head (as ST++): ASPP on c4, upsample to c1, fuse with a 48-channel c1 projection.
 
-    Returns (decoder features [stride 4, 256 ch], logits at stride 4).
+    `channels` is 256 in the paper (48 for the c1 projection, scaled with it); smaller for tiny models.
+    Returns (decoder features [stride 4, `channels`], logits at stride 4).
     """
-    x = aspp_v3(c4, rates, dropout=0.5 if dropout else 0.0)
+    x = aspp_v3(c4, rates, filters=channels, dropout=0.5 if dropout else 0.0)
     x = ResizeTo(name="head_decoder_upsample")(x, c1)
-    low = _conv_bn_relu(c1, 48, 1, "head_decoder_reduce")
+    low = _conv_bn_relu(c1, max(channels * 3 // 16, 8), 1, "head_decoder_reduce")
     x = layers.Concatenate(name="head_decoder_concat")([x, low])
-    x = _conv_bn_relu(x, 256, 3, "head_decoder_fuse1")
-    x = _conv_bn_relu(x, 256, 3, "head_decoder_fuse2")
+    x = _conv_bn_relu(x, channels, 3, "head_decoder_fuse1")
+    x = _conv_bn_relu(x, channels, 3, "head_decoder_fuse2")
     features = layers.Identity(name="head_decoder_features")(x)
     if dropout:
         x = layers.Dropout(0.1, name="head_dropout")(x)

@@ -18,7 +18,7 @@ ARCHS = ("deeplabv2", "deeplabv3plus", "pspnet")
 
 
 def build_segmenter(arch, backbone, num_classes, output_stride=8, backbone_weights=None, freeze_bn=False,
-                    use_bias=True, aspp_rates=None, dropout=True, name=None):
+                    use_bias=True, aspp_rates=None, dropout=True, head_channels=256, name=None):
     """Build a segmenter.
 
     Args:
@@ -31,6 +31,7 @@ def build_segmenter(arch, backbone, num_classes, output_stride=8, backbone_weigh
         use_bias: biases in backbone convolutions (keras.applications has them, Caffe does not).
         aspp_rates: dilation rates; default (6, 12, 18, 24) for v2, (12, 24, 36) at OS 8 and
             (6, 12, 18) at OS 16 for v3+.
+        head_channels: width of the v3+ ASPP / decoder (256 in the paper; PSPNet uses twice it).
     """
     if arch not in ARCHS:
         raise ValueError(f"Unknown arch {arch!r}; choose one of {ARCHS}.")
@@ -42,9 +43,9 @@ def build_segmenter(arch, backbone, num_classes, output_stride=8, backbone_weigh
         logits = heads.aspp_v2(c4, num_classes, aspp_rates or (6, 12, 18, 24))
     elif arch == "deeplabv3plus":
         rates = aspp_rates or ((12, 24, 36) if output_stride == 8 else (6, 12, 18))
-        _, logits = heads.deeplabv3plus(c1, c4, num_classes, rates, dropout=dropout)
+        _, logits = heads.deeplabv3plus(c1, c4, num_classes, rates, dropout=dropout, channels=head_channels)
     else:
-        _, logits = heads.psp(c4, num_classes)
+        _, logits = heads.psp(c4, num_classes, filters=2 * head_channels)
     logits = layers.Identity(name="head_logits")(logits)
     logits = heads.ResizeTo(name="head_upsample")(logits, inputs)
     logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
@@ -70,4 +71,4 @@ def feature_extractor(segmenter, names=("c4", "logits")):
 
 def build_from_config(cfg, num_classes):
     return build_segmenter(cfg.arch, cfg.backbone, num_classes, cfg.output_stride, cfg.backbone_weights,
-                           cfg.freeze_bn, aspp_rates=cfg.aspp_rates or None)
+                           cfg.freeze_bn, aspp_rates=cfg.aspp_rates or None, head_channels=cfg.head_channels)

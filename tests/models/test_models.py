@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import keras
+
+from tfsemiseg.models import backbones
+from tfsemiseg.models.discriminator import build_discriminator
+from tfsemiseg.models.segmenters import build_segmenter, feature_extractor, is_head_variable
+
+
+def n_trainable(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def test_deeplabv2_resnet101_parameter_count_matches_the_reference():
+    """Bias-free convolutions (Caffe / DeepLab-v2 original): 44,048,532 trainable parameters,
+    BN scale and offset included, of which the ASPP-sum classifier is 4 * (2048*21*9 + 21).
+    keras.applications-compatible convolutions (with biases, needed for its ImageNet weights)
+    add one bias per conv output channel: 52,672 more."""
+    model = build_segmenter("deeplabv2", "resnet101", 21, use_bias=False)
+    assert n_trainable(model) == 44_048_532
+    head = sum(int(np.prod(v.shape)) for v in model.trainable_variables if is_head_variable(v))
+    assert head == 4 * (2048 * 21 * 9 + 21)
+    assert n_trainable(build_segmenter("deeplabv2", "resnet101", 21)) == 44_048_532 + 52_672
+
+
+def test_backbone_matches_keras_applications_layer_for_layer():
+    ref = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
+    model = build_segmenter("deeplabv3plus", "resnet50", 21, output_stride=16)
+    for layer in ref.layers:
+        if layer.weights:
+            assert [w.shape for w in layer.weights] == [w.shape for w in model.get_layer(layer.name).weights]
+
+
+def test_imagenet_weights_load_from_a_local_file_into_the_dilated_network(tmp_path):
+    ref = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
+    path = str(tmp_path / "resnet50.weights.h5")
+    ref.save_weights(path)
+    model = build_segmenter("deeplabv2", "resnet50", 5, output_stride=8, backbone_weights=path)
+    for name in ("conv1_conv", "conv4_block6_2_conv", "conv5_block3_3_bn"):
+        for a, b in zip(ref.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert model.get_layer("conv4_block1_2_conv").dilation_rate == (2, 2)
+    assert model.get_layer("conv5_block1_2_conv").dilation_rate == (4, 4)
+
+
+def test_no_imagenet_weights_for_tiny():
+    with pytest.raises(ValueError, match="No keras.applications ImageNet weights"):
+        build_segmenter("deeplabv2", "tiny", 5, backbone_weights="imagenet")
+
+
+@pytest.mark.parametrize("arch,os_", [("deeplabv2", 8), ("deeplabv3plus", 16), ("deeplabv3plus", 8), ("pspnet", 8)])
+def test_output_shape_is_input_size_for_odd_sizes(arch, os_):
+    model = build_segmenter(arch, "tiny", 7, output_stride=os_)
+    out = model(np.random.uniform(0, 255, (2, 65, 47, 3)).astype("float32"))
+    assert out.shape == (2, 65, 47, 7) and out.dtype == "float32"
+
+
+def test_stage_strides():
+    model = build_segmenter("deeplabv3plus", "tiny", 3, output_stride=16)
+    c1, c4, logits = feature_extractor(model, ("c1", "c4", "head_logits"))(np.zeros((1, 64, 64, 3)))
+    assert c1.shape[1:3] == (16, 16) and c4.shape[1:3] == (4, 4) and logits.shape[1:3] == (16, 16)
+    model = build_segmenter("deeplabv2", "tiny", 3, output_stride=8)
+    c4, _ = feature_extractor(model, ("c4", "logits"))(np.zeros((1, 64, 64, 3)))
+    assert c4.shape == (1, 8, 8, 128)
+
+
+def test_freeze_bn_freezes_backbone_batchnorm_only():
+    model = build_segmenter("deeplabv3plus", "tiny", 3, freeze_bn=True)
+    assert not model.get_layer("conv1_bn").trainable
+    assert model.get_layer("head_aspp_0_bn").trainable
+
+
+def test_normalization_modes():
+    x = np.full((1, 1, 1, 3), 255.0, "float32")
+    caffe = backbones.ImageNormalization("caffe")(x).numpy().ravel()
+    np.testing.assert_allclose(caffe, [255 - 103.939, 255 - 116.779, 255 - 123.68], rtol=1e-5)
+    torch = backbones.ImageNormalization("torch")(x).numpy().ravel()
+    np.testing.assert_allclose(torch, [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225], rtol=1e-5)
+
+
+def test_segmenter_saves_and_loads(tmp_path):
+    model = build_segmenter("deeplabv3plus", "tiny", 4)
+    x = np.random.uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(model(x), loaded(x), atol=1e-5)
+
+
+def test_discriminator_parameter_count_and_output_shape():
+    disc = build_discriminator(21)
+    assert disc.count_params() == 2_783_169
+    out = disc(np.zeros((2, 41, 57, 21), "float32"))
+    assert out.shape == (2, 41, 57, 1)

@@ -1,0 +1,65 @@
+"""The command line end to end on the built-in dataset, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
+
+
+TINY = ["--dataset=synthetic", "--iterations=6", "--set", "steps_per_epoch=3", "--set", "crop_size=32",
+        "--set", "batch_size=2", "--verbose=0"]
+
+
+def test_train_then_evaluate_synthetic(tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = run("train.py", "--method=suponly", f"--workdir={workdir}", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val mIoU:" in proc.stdout
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    for key in ("miou", "per_class_iou", "method", "dataset", "split", "steps", "train_images_per_sec"):
+        assert key in metrics
+    assert metrics["steps"] == 6 and metrics["method"] == "suponly" and metrics["split"] == "1_16"
+    assert set(metrics["per_class_iou"]) == {"background", "disc", "square", "triangle", "ring", "cross"}
+    assert 0.0 <= metrics["miou"] <= 1.0
+    for path in ("config.json", "final/segmenter.keras", "checkpoints/ckpt.weights.h5"):
+        assert os.path.exists(os.path.join(workdir, path)), path
+    assert os.listdir(os.path.join(workdir, "logs"))  # TensorBoard event files
+
+    proc = run("evaluate.py", f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.load(open(os.path.join(workdir, "metrics_val.json")))
+    assert evaluated["miou"] == pytest.approx(metrics["miou"], abs=1e-6)
+    assert json.load(open(os.path.join(workdir, "metrics.json"))) == metrics  # untouched
+
+
+def test_voc_missing_says_where_to_put_it(tmp_path):
+    proc = run("train.py", "--method=suponly", "--split=1464", f"--workdir={tmp_path}/w",
+               env={"TFSEMISEG_DATA": str(tmp_path / "data")})
+    assert proc.returncode != 0
+    assert "VOCdevkit/VOC2012" in proc.stderr and "--data_dir" in proc.stderr
+
+
+def test_camvid_folder_dataset(camvid_tree, tmp_path):
+    workdir = str(tmp_path / "cv")
+    proc = run("train.py", "--method=suponly", "--dataset=camvid", f"--data_dir={camvid_tree}", "--split=1_4",
+               f"--workdir={workdir}", "--iterations=2", "--set", "steps_per_epoch=2", "--set", "crop_size=16",
+               "--set", "batch_size=2", "--set", "image_scale=1", "--verbose=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert len(metrics["per_class_iou"]) == 11 and metrics["split"] == "1_4"
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert run("train.py", f"--workdir={workdir}", *TINY).returncode == 0
+    proc = run("train.py", f"--workdir={workdir}", *TINY, "--set", "lr=0.5")
+    assert proc.returncode != 0 and "another configuration" in proc.stderr

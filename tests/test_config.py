@@ -1,0 +1,26 @@
+import pytest
+
+import configs
+from tfsemiseg.config import Config
+
+
+def test_paper_settings_and_overrides():
+    cfg = configs.get_config("suponly", "voc")
+    assert (cfg.arch, cfg.backbone, cfg.crop_size, cfg.batch_size, cfg.split) == ("deeplabv2", "resnet101", 321, 10, "1464")
+    cfg = cfg.override(["lr=0.01", "scale_range=0.75,1.25", "freeze_bn=false", "iterations=7"])
+    assert cfg.lr == 0.01 and cfg.scale_range == (0.75, 1.25) and cfg.freeze_bn is False and cfg.iterations == 7
+
+
+def test_bad_overrides_name_the_problem():
+    cfg = Config()
+    with pytest.raises(ValueError, match="Unknown config field.*lamda_adv"):
+        cfg.override(["lamda_adv=1"])
+    with pytest.raises(ValueError, match="iterations=ten"):
+        cfg.override(["iterations=ten"])
+    with pytest.raises(ValueError, match="Unknown --method"):
+        configs.get_config("nope", "voc")
+
+
+def test_json_round_trip():
+    cfg = configs.get_config("suponly", "camvid")
+    assert Config.from_json(cfg.to_json()) == cfg
