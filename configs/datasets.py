@@ -4,7 +4,7 @@
   (Hung et al. 2018 Sec. 4.1).
 - cityscapes: the same network on 512x1024 images (half resolution), crop 512, sliding-window eval.
 - camvid: a CPU-sized setting (stated in benchmarks/RESULTS.md): half-resolution images (180x240),
-  crop 160, the `small` ResNet trained from scratch (no pretrained weights can be downloaded here).
+  crop 160, the `tiny` ResNet trained from scratch (no pretrained weights can be downloaded here).
 - synthetic: the built-in dataset at 64x64 with the `tiny` ResNet: the README quickstart.
 """
 
@@ -21,7 +21,7 @@ DATASETS = {
     ),
     "camvid": dict(
         split="1_8", image_scale=0.5, crop_size=160, scale_range=(0.75, 1.5), batch_size=8, eval_batch_size=4,
-        ignore_value=11, arch="deeplabv2", backbone="small", output_stride=8, aspp_rates=(2, 4, 6, 8),
+        ignore_value=11, arch="deeplabv2", backbone="tiny", output_stride=8, aspp_rates=(2, 4, 6, 8),
         iterations=2000, steps_per_epoch=200, lr=0.01, weight_decay=1e-4, head_lr_mult=1.0,
     ),
     "folder": dict(
@@ -32,6 +32,6 @@ DATASETS = {
     "synthetic": dict(
         split="1_16", image_size=64, crop_size=64, scale_range=(0.75, 1.5), batch_size=8, eval_batch_size=32,
         arch="deeplabv2", backbone="tiny", output_stride=8, aspp_rates=(1, 2, 3, 4),
-        iterations=600, steps_per_epoch=100, lr=0.02, weight_decay=1e-4, head_lr_mult=1.0,
+        iterations=3000, steps_per_epoch=500, lr=0.02, weight_decay=1e-4, head_lr_mult=1.0,
     ),
 }

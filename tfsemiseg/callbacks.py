@@ -1,8 +1,13 @@
 """Callbacks that Keras does not already provide."""
 
+import os
 import time
 
 import keras
+import tensorflow as tf
+
+from tfsemiseg.data.io import VOC_COLORMAP
+from tfsemiseg.data.pipeline import eval_stream
 
 
 class Throughput(keras.callbacks.Callback):
@@ -41,3 +46,38 @@ class LearningRateLogger(keras.callbacks.Callback):
             if opt is not None:
                 lr = opt.learning_rate
                 logs["lr" if name == "optimizer" else "d_lr"] = float(keras.ops.convert_to_numpy(lr))
+
+
+class SegmentationImages(keras.callbacks.Callback):
+    """Writes a few fixed images to TensorBoard after every epoch: input, ground truth and the
+    maps of `model.visualize` (prediction, and e.g. ALSS's confidence map and semi mask).
+
+    Class maps are coloured with the VOC palette (ignore = light grey); float maps in [0, 1]
+    are shown as grayscale.
+    """
+
+    def __init__(self, log_dir, images, labels):
+        super().__init__()
+        self.log_dir, self.images, self.labels = log_dir, images, labels
+        self._writer = None
+
+    @classmethod
+    def from_dataset(cls, dataset, cfg, count=4):
+        batch = next(iter(eval_stream(dataset, cfg, cfg.eval_split, batch_size=count)))
+        return cls(os.path.join(cfg.workdir, "logs", "images"), batch["image"], batch["label"])
+
+    @staticmethod
+    def colorize(maps):
+        if maps.dtype.is_floating:
+            return tf.cast(tf.clip_by_value(maps, 0.0, 1.0)[..., None] * 255.0, tf.uint8) * tf.ones([3], tf.uint8)
+        return tf.gather(tf.constant(VOC_COLORMAP, tf.uint8), tf.cast(maps, tf.int32))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._writer = self._writer or tf.summary.create_file_writer(self.log_dir)
+        step = int(self.model.optimizer.iterations)
+        with self._writer.as_default():
+            tf.summary.image("input", tf.cast(self.images, tf.uint8), step=step, max_outputs=len(self.images))
+            tf.summary.image("ground_truth", self.colorize(self.labels), step=step, max_outputs=len(self.images))
+            for name, maps in self.model.visualize(self.images).items():
+                tf.summary.image(name, self.colorize(maps), step=step, max_outputs=len(self.images))
+        self._writer.flush()

@@ -55,7 +55,7 @@ def render(index, seed=0, size=64):
     key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
     keys = tf.random.split(key, 2 + MAX_OBJECTS)
     yy, xx = tf.meshgrid(tf.range(size, dtype=tf.float32), tf.range(size, dtype=tf.float32), indexing="ij")
-    image = _texture(keys[0], yy, xx, size, contrast=150.0)
+    image = _texture(keys[0], yy, xx, size, contrast=90.0)
     label = tf.zeros([size, size], tf.int32)
     num_objects = tf.random.stateless_uniform([], keys[1], 2, MAX_OBJECTS + 1, dtype=tf.int32)
     for k in range(MAX_OBJECTS):

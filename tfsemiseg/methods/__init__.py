@@ -1,9 +1,10 @@
 """One file per method; `METHODS` maps the `--method` flag to its keras.Model class."""
 
 from tfsemiseg.methods.base import SegmentationMethod
+from tfsemiseg.methods.alss import AdvSemiSeg
 from tfsemiseg.methods.suponly import SupOnly
 
-METHODS = {"suponly": SupOnly}
+METHODS = {"suponly": SupOnly, "alss": AdvSemiSeg}
 
 
 def get_method(name):

@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfsemiseg import metrics, optim
+from tfsemiseg.callbacks import SegmentationImages
 
 
 def pad_to_multiple(images, multiple):
@@ -78,8 +79,8 @@ class SegmentationMethod(keras.Model):
 
     @staticmethod
     def extra_callbacks(model, dataset, cfg):
-        """Method-specific callbacks (e.g. TensorBoard images)."""
-        return []
+        """Callbacks a run adds to Keras' own: TensorBoard images of `visualize` for a few val images."""
+        return [SegmentationImages.from_dataset(dataset, cfg)]
 
     def call(self, images, training=False):
         return self.segmenter(images, training=training)
@@ -97,27 +98,35 @@ class SegmentationMethod(keras.Model):
         self.miou.update_state(data["label"], self.predict_scores(data["image"]))
         return {"miou": self.miou.result()}
 
+    def visualize(self, images):
+        """Named [B, H, W] maps for TensorBoard: int class maps or floats in [0, 1]. Methods add theirs."""
+        return {"prediction": tf.argmax(self.predict_scores(images), axis=-1, output_type=tf.int32)}
+
     def predict_step(self, data):
         images = data["image"] if isinstance(data, dict) else data
         return tf.argmax(self.predict_scores(images), axis=-1, output_type=tf.int32)
 
     # -- training helpers ------------------------------------------------------------------
 
-    def update_segmenter(self, tape, loss, optimizer=None):
-        """Backpropagate `loss` into the segmenter and step `optimizer` (the compiled one by default).
+    def minimize(self, tape, loss, variables, optimizer, lr_multipliers=None):
+        """Backpropagate `loss` (recorded on `tape`) into `variables` and step `optimizer`.
 
-        Handles mixed-precision loss scaling, tf.distribute replica scaling and the head LR
-        multiplier, so a train_step only writes its losses.
+        Handles mixed-precision loss scaling and tf.distribute (replica gradients are summed,
+        so each replica's loss is divided by their number), and optional per-variable LR
+        multipliers, so a train_step only writes its losses.
         """
-        optimizer = optimizer or self.optimizer
-        variables = self.segmenter.trainable_variables
-        # Seeding backprop with the replica and loss-scale factors = differentiating the scaled loss.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # Seeding backprop with these factors is differentiating the scaled loss.
         seed = optimizer.scale_loss(tf.constant(1.0 / replicas, loss.dtype))
         grads = tape.gradient(loss, variables, output_gradients=seed)
-        multipliers = optim.lr_multipliers(variables, self.head_lr_mult)
-        grads = [g * m if m != 1.0 else g for g, m in zip(grads, multipliers)]
+        if lr_multipliers is not None:
+            grads = [g * m if m != 1.0 else g for g, m in zip(grads, lr_multipliers)]
         optimizer.apply_gradients(zip(grads, variables))
+
+    def update_segmenter(self, tape, loss):
+        """Step the segmenter's (compiled) optimizer on `loss`, head layers at `head_lr_mult` x LR."""
+        variables = self.segmenter.trainable_variables
+        self.minimize(tape, loss, variables, self.optimizer, optim.lr_multipliers(variables, self.head_lr_mult))
 
     def log(self, **values):
         """Update the named loss trackers; returns the dict a train_step returns."""

@@ -4,6 +4,7 @@ Five 4x4 convolutions with stride 2 and padding 1 (C -> 64 -> 128 -> 256 -> 512 
 LeakyReLU(0.2) after the first four, no normalisation. Input: C-channel probability maps
 (softmax of a prediction, or one-hot ground truth). Output: per-pixel logits upsampled
 bilinearly to the input size, float32. For C = 21: 2,783,169 parameters.
+Inputs must be at least 32 x 32 pixels (five stride-2 convolutions).
 """
 
 import keras

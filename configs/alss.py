@@ -1,0 +1,17 @@
+"""ALSS / AdvSemiSeg (Hung et al., BMVC 2018): loss weights and schedule.
+
+The dataset bases (configs/datasets.py) already hold the paper's VOC and Cityscapes settings
+(DeepLab-v2 ResNet-101, SGD lr 2.5e-4 with poly decay, head 10x, batch 10, crop 321, 20k
+iterations). The method's own defaults are in `tfsemiseg.config.Config`: lambda_adv 0.01,
+lambda_semi_adv 0.001, lambda_semi 0.1, T_semi 0.2, semi_start 5000, discriminator Adam
+lr 1e-4, betas (0.9, 0.99). Shorter schedules start the semi loss at the same fraction
+(25 %) of training.
+"""
+
+SETTINGS = {
+    "voc": dict(semi_start=5000),
+    "cityscapes": dict(semi_start=5000),
+    "camvid": dict(semi_start=500),
+    "folder": dict(semi_start=5000),
+    "synthetic": dict(semi_start=750),
+}
