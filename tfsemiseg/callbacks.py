@@ -74,7 +74,7 @@ class SegmentationImages(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._writer = self._writer or tf.summary.create_file_writer(self.log_dir)
-        step = int(self.model.optimizer.iterations)
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         with self._writer.as_default():
             tf.summary.image("input", tf.cast(self.images, tf.uint8), step=step, max_outputs=len(self.images))
             tf.summary.image("ground_truth", self.colorize(self.labels), step=step, max_outputs=len(self.images))

@@ -29,7 +29,7 @@ def batch(num_classes=3, size=32, ignore_first_row=True, seed=0):
                 "label": tf.constant(label, tf.uint8)}
     return {"labeled": labeled(), "real": labeled(),
             "unlabeled": {"image": tf.constant(rng.uniform(0, 255, (2, size, size, 3)), tf.float32),
-                          "valid": tf.ones((2, size, size), tf.bool)}}
+                          "valid": tf.ones((2, size, size), tf.uint8)}}
 
 
 def make_model(**kwargs):

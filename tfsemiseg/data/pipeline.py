@@ -6,8 +6,9 @@ so a method zips as many of them as its train_step consumes. Everything runs in 
 
 Batches:
 - labeled: {"image": float32 [B, crop, crop, 3] in [0, 255], "label": uint8 [B, crop, crop]}
-- unlabeled: {"image": ..., "valid": bool [B, crop, crop]} (False where padded); with `strong`,
-  also "image_strong" (photometric + cutout) and its "valid_strong" (False under the box too).
+- unlabeled: {"image": ..., "valid": uint8 [B, crop, crop]} (0 where padded, 1 elsewhere); with
+  `strong`, also "image_strong" (photometric + cutout) and its "valid_strong" (0 under the box too).
+  (uint8, not bool: tf.distribute cannot split bool batches across replicas.)
 - eval: whole images, padded per batch (image 0, label IGNORE_LABEL).
 """
 
@@ -57,10 +58,10 @@ def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None):
         image = tf.cast(example["image"], tf.float32)
         image, pad = augment.weak_augment(image, tf.zeros(tf.shape(image)[:2], tf.uint8), cfg.crop_size,
                                           cfg.scale_range, cfg.base_size)
-        out = {"image": image, "valid": pad != IGNORE_LABEL}
+        out = {"image": image, "valid": tf.cast(pad != IGNORE_LABEL, tf.uint8)}
         if strong is not None:
             image_s, pad_s = strong(image, pad)
-            out.update(image_strong=image_s, valid_strong=pad_s != IGNORE_LABEL)
+            out.update(image_strong=image_s, valid_strong=tf.cast(pad_s != IGNORE_LABEL, tf.uint8))
         return out
 
     ds = dataset.examples("unlabeled", shuffle_seed=seed, repeat=True, with_label=False)

@@ -59,6 +59,8 @@ class AdvSemiSeg(SegmentationMethod):
         super().compile(optimizer=optimizer, **kwargs)
         if keras.mixed_precision.global_policy().name == "mixed_float16":
             d_optimizer = keras.optimizers.LossScaleOptimizer(d_optimizer)
+        # Built here, under the strategy scope: slots created lazily inside a distributed step fail.
+        d_optimizer.build(self.discriminator.trainable_variables)
         self.d_optimizer = d_optimizer
 
     @staticmethod
@@ -79,7 +81,7 @@ class AdvSemiSeg(SegmentationMethod):
 
     def train_step(self, data):
         x, y = data["labeled"]["image"], data["labeled"]["label"]
-        u, valid_u = data["unlabeled"]["image"], data["unlabeled"]["valid"]
+        u, valid_u = data["unlabeled"]["image"], data["unlabeled"]["valid"] > 0
         y_real = data["real"]["label"]
         step = self.optimizer.iterations
         labeled_x = y != IGNORE_LABEL
