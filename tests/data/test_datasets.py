@@ -143,3 +143,9 @@ def test_truncated_image_is_named(camvid_tree):
     ds = build_dataset("camvid", camvid_tree, "1_4")
     with pytest.raises(DataError, match=r"v001.png.*truncated or corrupt"):
         _consume(ds, "val")
+
+
+def test_unknown_eval_split_is_named(camvid_tree):
+    ds = build_dataset("camvid", camvid_tree, "1_4")
+    with pytest.raises(DataError, match="no split 'test'.*--eval_split"):
+        ds.keys("test")

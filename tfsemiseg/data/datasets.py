@@ -56,6 +56,7 @@ class SegDataset:
     unlabeled: list
     ignore_value: int = io.IGNORE_LABEL
     eval_sets: dict = dataclasses.field(default_factory=dict)  # name -> keys (or a callable giving them)
+    find_eval_set: object = None  # optional callable: name -> keys or None, for splits found on disk
     seed: int = 0
     image_size: int = 64  # synthetic only
 
@@ -72,10 +73,13 @@ class SegDataset:
             return self.labeled
         if subset == "unlabeled":
             return self.unlabeled
-        if subset not in self.eval_sets:
-            raise io.DataError(f"Dataset {self.name!r} has no split {subset!r}; "
-                               f"available: {sorted(self.eval_sets)}. Fix --eval_split.")
-        keys = self.eval_sets[subset]
+        keys = self.eval_sets.get(subset)
+        if keys is None and self.find_eval_set is not None:
+            keys = self.find_eval_set(subset)
+        if keys is None:
+            raise io.DataError(f"Dataset {self.name!r} has no split {subset!r}"
+                               f"{f'; available: {sorted(self.eval_sets)}' if self.eval_sets else ''}. "
+                               "Fix --eval_split.")
         return keys() if callable(keys) else keys
 
     def examples(self, subset, shuffle_seed=None, repeat=False, with_label=True):
@@ -272,16 +276,14 @@ def folder(data_dir, split="full", seed=0, class_names=CAMVID_CLASSES, ignore_va
     labeled, unlabeled = resolve_split(split, names(train_split), seed, split_dirs=[os.path.join(data_dir, "splits")],
                                        to_id=os.path.basename)
 
-    class EvalSets(dict):  # any split name that exists on disk can be evaluated
-        def __contains__(self, subset):
-            return os.path.isfile(os.path.join(data_dir, subset + ".txt")) or os.path.isdir(
-                os.path.join(data_dir, subset + "annot"))
-
-        def __getitem__(self, subset):
-            return lambda: pairs(subset, names(subset))
+    def find_eval_set(subset):  # any split that exists on disk can be evaluated
+        if os.path.isfile(os.path.join(data_dir, subset + ".txt")) or os.path.isdir(
+                os.path.join(data_dir, subset + "annot")):
+            return pairs(subset, names(subset))
+        return None
 
     ds = SegDataset(name, tuple(class_names), pairs(train_split, labeled), pairs(train_split, unlabeled),
-                    ignore_value=ignore_value, eval_sets=EvalSets(), seed=seed)
+                    ignore_value=ignore_value, find_eval_set=find_eval_set, seed=seed)
     return _checked(ds)
 
 
