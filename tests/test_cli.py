@@ -63,3 +63,11 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     assert run("train.py", f"--workdir={workdir}", *TINY).returncode == 0
     proc = run("train.py", f"--workdir={workdir}", *TINY, "--set", "lr=0.5")
     assert proc.returncode != 0 and "another configuration" in proc.stderr
+
+
+def test_alss_with_xla(tmp_path):
+    workdir = str(tmp_path / "xla")
+    proc = run("train.py", "--method=alss", "--jit_compile", f"--workdir={workdir}", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.load(open(os.path.join(workdir, "config.json")))["jit_compile"] is True
+    assert json.load(open(os.path.join(workdir, "metrics.json")))["method"] == "alss"
