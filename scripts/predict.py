@@ -1,0 +1,31 @@
+"""Predict label maps for image files with the final model of a run.
+
+    python scripts/predict.py --workdir=runs/suponly_camvid_1_8 --output_dir=preds ../shared/data/camvid/val/*.png
+"""
+
+import sys
+
+import _bootstrap  # noqa: F401
+from absl import app, flags
+
+from tfsemiseg import export, runner
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "directory of a finished train.py run", required=True)
+flags.DEFINE_string("output_dir", "predictions", "where to write <image name>.png")
+flags.DEFINE_bool("colour", True, "write VOC-palette colours (else raw class indices)")
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise app.UsageError("Give one or more image files.")
+    try:
+        cfg, segmenter = runner.load_run(FLAGS.workdir)
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    written = export.predict_files(segmenter, argv[1:], FLAGS.output_dir, FLAGS.colour, cfg.image_scale)
+    print(f"{len(written)} prediction(s) written to {FLAGS.output_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)
