@@ -19,7 +19,7 @@ class MeanIoU(keras.metrics.MeanIoU):
                          sparse_y_pred=True, name=name, **kwargs)
 
     def update_state(self, labels, logits, sample_weight=None):
-        """labels int [B, H, W]; logits [B, H, W, C] (argmax is taken here)."""
+        """labels int [B, H, W]; logits or probabilities [B, H, W, C] (argmax is taken here)."""
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return super().update_state(tf.cast(labels, tf.int32), predictions, sample_weight)
 

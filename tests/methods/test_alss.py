@@ -140,3 +140,14 @@ def test_fit_on_synthetic_lowers_loss_ce_and_writes_checkpoint_and_metrics(tmp_p
     assert os.path.exists(os.path.join(cfg.workdir, "final", "segmenter.keras"))
     events = [f for _, _, fs in os.walk(os.path.join(cfg.workdir, "logs")) for f in fs]
     assert any("events" in f for f in events)
+
+
+def test_visualize_feeds_probabilities_to_the_discriminator():
+    model = make_model(T_semi=0.2)
+    images = batch()["labeled"]["image"]
+    maps = model.visualize(images)
+    probs = tf.nn.softmax(model.segmenter(images, training=False))
+    expected = tf.sigmoid(model.discriminator(probs))[..., 0]
+    np.testing.assert_allclose(maps["confidence"], expected, atol=1e-5)
+    semi = maps["semi_mask"].numpy()
+    assert ((semi == 255) == (expected.numpy() <= 0.2)).all()

@@ -86,13 +86,13 @@ class SegmentationMethod(keras.Model):
         return self.segmenter(images, training=training)
 
     def predict_scores(self, images):
-        """Inference on whole images (padded to a multiple of 32) or by sliding window."""
+        """Class probabilities [B, H, W, C]: whole images (padded to a multiple of 32) or by sliding window."""
         images = tf.cast(images, tf.float32)
         if self.eval_window:
             return sliding_window_scores(lambda x: self.segmenter(x, training=False), images,
                                          self.eval_window, self.eval_stride)
         padded, h, w = pad_to_multiple(images, 32)
-        return self.segmenter(padded, training=False)[:, :h, :w]
+        return tf.nn.softmax(self.segmenter(padded, training=False)[:, :h, :w])
 
     def test_step(self, data):
         self.miou.update_state(data["label"], self.predict_scores(data["image"]))
