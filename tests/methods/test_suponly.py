@@ -6,7 +6,8 @@ import configs
 from tfsemiseg import losses
 from tfsemiseg.data import build_dataset, labeled_stream
 from tfsemiseg.methods import SupOnly
-from tfsemiseg.methods.base import SegmentationMethod, sliding_window_scores
+from tfsemiseg.inference import sliding_window_scores
+from tfsemiseg.methods.base import SegmentationMethod
 from tfsemiseg.models.segmenters import build_segmenter
 
 
