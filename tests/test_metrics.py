@@ -25,3 +25,11 @@ def test_absent_classes_are_left_out_of_the_mean():
     iou = metric.per_class_iou()
     assert iou[:2].tolist() == [1.0, 1.0] and np.isnan(iou[2:]).all()
     assert float(metric.result()) == pytest.approx(1.0)
+
+
+def test_per_image_miou_hand_computed():
+    from tfsemiseg.metrics import per_image_miou
+    ref = tf.constant([[[0, 0, 1, 1]], [[2, 2, 2, 255]]])
+    pred = tf.constant([[[0, 1, 1, 1]], [[2, 2, 2, 0]]])
+    # image 0: class 0 I=1 U=2 (0.5), class 1 I=2 U=3 (2/3) -> 7/12; image 1: class 2 perfect, void not counted
+    np.testing.assert_allclose(per_image_miou(pred, ref, 3), [7 / 12, 1.0], rtol=1e-6)

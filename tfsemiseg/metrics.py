@@ -30,3 +30,20 @@ class MeanIoU(keras.metrics.MeanIoU):
         union = cm.sum(0) + cm.sum(1) - inter
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(union > 0, inter / union, np.nan)
+
+
+def per_image_miou(predictions, references, num_classes, ignore_label=IGNORE_LABEL):
+    """mIoU of each image [B] of `predictions` against `references` (int [B, H, W]), batched.
+
+    Classes absent from both maps of an image are left out of its mean; pixels whose
+    reference is `ignore_label` are not counted. ST++ scores an image's stability with
+    this, the final checkpoint's prediction serving as the reference.
+    """
+    valid = tf.cast(references != ignore_label, tf.float32)[..., None]
+    p = tf.one_hot(tf.cast(predictions, tf.int32), num_classes) * valid
+    r = tf.one_hot(tf.cast(references, tf.int32), num_classes) * valid
+    inter = tf.reduce_sum(p * r, axis=[1, 2])
+    union = tf.reduce_sum(p, axis=[1, 2]) + tf.reduce_sum(r, axis=[1, 2]) - inter
+    present = tf.cast(union > 0, tf.float32)
+    iou = tf.math.divide_no_nan(inter, union)
+    return tf.math.divide_no_nan(tf.reduce_sum(iou * present, -1), tf.reduce_sum(present, -1))
