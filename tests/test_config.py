@@ -9,6 +9,8 @@ def test_paper_settings_and_overrides():
     assert (cfg.arch, cfg.backbone, cfg.crop_size, cfg.batch_size, cfg.split) == ("deeplabv2", "resnet101", 321, 10, "1464")
     cfg = cfg.override(["lr=0.01", "scale_range=0.75,1.25", "freeze_bn=false", "iterations=7"])
     assert cfg.lr == 0.01 and cfg.scale_range == (0.75, 1.25) and cfg.freeze_bn is False and cfg.iterations == 7
+    cfg = cfg.override(["class_names=sky,road", "d_lr=1e-5", "aspp_rates=2,4"])
+    assert cfg.class_names == ("sky", "road") and cfg.d_lr == 1e-5 and cfg.aspp_rates == (2, 4)
 
 
 def test_bad_overrides_name_the_problem():

@@ -26,8 +26,3 @@ def test_binary_cross_entropy_against_constant_with_mask():
     assert float(losses.binary_cross_entropy(logits, 1.0)) == pytest.approx(expected_1, rel=1e-6)
     mask = tf.constant([[[False, True]]])
     assert float(losses.binary_cross_entropy(logits, 0.0, mask)) == pytest.approx(np.log(1 + np.exp(2.0)), rel=1e-6)
-
-
-def test_soft_cross_entropy():
-    logits = tf.constant([[[[0.0, 0.0]]]])
-    assert float(losses.soft_cross_entropy(tf.constant([[[[0.3, 0.7]]]]), logits)) == pytest.approx(np.log(2.0))

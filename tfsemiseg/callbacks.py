@@ -35,17 +35,14 @@ class Throughput(keras.callbacks.Callback):
         return self.steps * self.images_per_step / self.seconds if self.seconds else 0.0
 
 
-class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the current learning rate of every optimizer of the model to the logs (for TensorBoard)."""
+class DiscriminatorLearningRate(keras.callbacks.Callback):
+    """Adds `d_learning_rate` to the logs of a model with a `d_optimizer` (ALSS), for TensorBoard and
+    the progress bar. Keras' TensorBoard callback already logs the compiled optimizer's rate."""
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        for name in ("optimizer", "d_optimizer"):
-            opt = getattr(self.model, name, None)
-            if opt is not None:
-                lr = opt.learning_rate
-                logs["lr" if name == "optimizer" else "d_lr"] = float(keras.ops.convert_to_numpy(lr))
+        optimizer = getattr(self.model, "d_optimizer", None)
+        if logs is not None and optimizer is not None:
+            logs["d_learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
 class SegmentationImages(keras.callbacks.Callback):

@@ -91,24 +91,24 @@ class Config:
         return cls().replace(**data)
 
 
+def _scalar(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _parse(value, default, name):
+    """`value` (a string) as the type of the field's default; tuples are comma-separated."""
+    if isinstance(default, tuple):
+        return tuple(_scalar(v) for v in value.split(",") if v)
     try:
         if isinstance(default, bool):
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError
             return value.lower() in ("true", "1")
-        if isinstance(default, tuple):
-            items = [v for v in value.split(",") if v]
-            if default and isinstance(default[0], (int, float)):
-                return tuple(type(default[0])(float(v)) if isinstance(default[0], int) else float(v) for v in items)
-            try:
-                return tuple(float(v) if "." in v else int(v) for v in items)
-            except ValueError:
-                return tuple(items)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        return value
+        return type(default)(value)
     except ValueError:
         raise ValueError(f"--set {name}={value}: expected a value of type {type(default).__name__}") from None

@@ -26,12 +26,6 @@ def cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
     return _masked_mean(per_pixel, valid)
 
 
-def soft_cross_entropy(targets, logits, mask=None):
-    """Cross-entropy against soft targets [B, H, W, C], averaged over `mask` (all pixels if None)."""
-    per_pixel = tf.nn.softmax_cross_entropy_with_logits(tf.cast(targets, tf.float32), tf.cast(logits, tf.float32))
-    return _masked_mean(per_pixel, tf.ones_like(per_pixel) if mask is None else mask)
-
-
 def binary_cross_entropy(logits, target, mask=None):
     """Sigmoid BCE of per-pixel logits [B, H, W(, 1)] against a constant `target` (0 or 1) or a map."""
     logits = tf.cast(logits, tf.float32)

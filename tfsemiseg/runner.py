@@ -106,7 +106,7 @@ def train(cfg, verbose=1):
         keras.callbacks.BackupAndRestore(os.path.join(cfg.workdir, "backup")),
         keras.callbacks.ModelCheckpoint(os.path.join(cfg.workdir, "checkpoints", "ckpt.weights.h5"),
                                         save_weights_only=True),
-        callbacks_lib.LearningRateLogger(),
+        callbacks_lib.DiscriminatorLearningRate(),  # before TensorBoard, which writes the logs
         keras.callbacks.TensorBoard(os.path.join(cfg.workdir, "logs"), write_graph=False),
         throughput,
         *method.extra_callbacks(model, dataset, cfg),

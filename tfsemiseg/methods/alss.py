@@ -15,8 +15,9 @@ Discriminator loss (Eq. 1):
     L_D = BCE(D(S(x)), 0) + BCE(D(Y_n), 1) on detached predictions and the one-hot ground truth
     of an independently sampled labeled batch; ignore pixels excluded.
 
-Gradients are isolated: L_seg updates only S (D is applied in inference mode and its
-variables are not in S's update), L_D updates only D (its inputs are stopped).
+Gradients are isolated: L_seg is differentiated w.r.t. S's variables only and L_D w.r.t.
+D's only (D's "fake" input is the same forward pass, so D runs three times per step, not four;
+D has no BatchNorm or dropout, so its training flag changes nothing).
 
     model = AdvSemiSeg.create(cfg, num_classes)          # compiled with both optimizers
     model.fit(AdvSemiSeg.train_data(dataset, cfg), ...)  # {"labeled", "unlabeled", "real"} batches
@@ -74,7 +75,10 @@ class AdvSemiSeg(SegmentationMethod):
         })
 
     def semi_targets(self, logits_u, d_logits_u, valid):
-        """Self-taught labels (Eq. 5): argmax S(u) where D's confidence > T_semi, else ignore."""
+        """Self-taught labels (Eq. 5): argmax S(u) where D's confidence > T_semi, else ignore.
+
+        Neither argmax nor the comparison has a gradient, so the targets are constants.
+        """
         confident = tf.logical_and(tf.sigmoid(d_logits_u[..., 0]) > self.T_semi, valid)
         pseudo = tf.argmax(logits_u, axis=-1, output_type=tf.int32)
         return tf.where(confident, pseudo, IGNORE_LABEL), confident
@@ -86,30 +90,31 @@ class AdvSemiSeg(SegmentationMethod):
         step = self.optimizer.iterations
         labeled_x = y != IGNORE_LABEL
 
-        with tf.GradientTape() as tape:
+        real_maps = tf.one_hot(tf.cast(y_real, tf.int32), self.num_classes)  # ignore pixels -> all zeros
+        labeled_real = y_real != IGNORE_LABEL
+
+        # One forward pass feeds both losses: `tape` differentiates L_seg w.r.t. S only and
+        # `d_tape` L_D w.r.t. D only, so D(S(x)) serves as L_adv's input and as D's "fake".
+        with tf.GradientTape() as tape, tf.GradientTape() as d_tape:
             logits = self.segmenter(x, training=True)
             logits_u = self.segmenter(u, training=True)
             p, p_u = tf.nn.softmax(logits), tf.nn.softmax(logits_u)
-            d_logits = self.discriminator(p, training=False)
-            d_logits_u = self.discriminator(p_u, training=False)
+            d_fake = self.discriminator(p, training=True)
+            d_logits_u = self.discriminator(p_u, training=True)
 
             loss_ce = losses.cross_entropy(y, logits)
-            loss_adv = losses.binary_cross_entropy(d_logits, 1.0, labeled_x)
+            loss_adv = losses.binary_cross_entropy(d_fake, 1.0, labeled_x)
             loss_semi_adv = losses.binary_cross_entropy(d_logits_u, 1.0, valid_u) * tf.cast(
                 step >= self.semi_start_adv, tf.float32)
-            targets, confident = self.semi_targets(tf.stop_gradient(logits_u), tf.stop_gradient(d_logits_u), valid_u)
+            targets, confident = self.semi_targets(logits_u, d_logits_u, valid_u)
             loss_semi = losses.cross_entropy(targets, logits_u) * tf.cast(step >= self.semi_start, tf.float32)
             loss_seg = (loss_ce + self.lambda_adv * loss_adv
                         + self.lambda_semi_adv * loss_semi_adv + self.lambda_semi * loss_semi)
-        self.update_segmenter(tape, loss_seg)
 
-        real_maps = tf.one_hot(tf.cast(y_real, tf.int32), self.num_classes)  # ignore pixels -> all zeros
-        labeled_real = y_real != IGNORE_LABEL
-        with tf.GradientTape() as d_tape:
-            d_fake = self.discriminator(tf.stop_gradient(p), training=True)
             d_real = self.discriminator(real_maps, training=True)
             loss_d = (losses.binary_cross_entropy(d_fake, 0.0, labeled_x)
                       + losses.binary_cross_entropy(d_real, 1.0, labeled_real))
+        self.update_segmenter(tape, loss_seg)
         self.minimize(d_tape, loss_d, self.discriminator.trainable_variables, self.d_optimizer)
 
         return self.log(
