@@ -4,6 +4,7 @@
     python scripts/train.py --method=alss --split=1464                # VOC at ./data/VOCdevkit/VOC2012
     python scripts/train.py --method=suponly --dataset=camvid --data_dir=../shared/data/camvid --split=1_8
     python scripts/train.py --method=alss --dataset=voc --set lambda_semi=0.2 --set semi_start=2000
+    python scripts/train.py --method=stpp --dataset=synthetic          # six stages; rerun to resume
 
 Settings come from configs/ (the paper's, per dataset); flags and --set override them.
 """
@@ -19,7 +20,7 @@ from tfsemiseg import runner
 from tfsemiseg.data import DataError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("method", "suponly", "suponly | alss")
+flags.DEFINE_string("method", "suponly", "suponly | alss | st | stpp")
 flags.DEFINE_string("dataset", "voc", "voc | cityscapes | camvid | folder | synthetic")
 flags.DEFINE_string("split", None, "1464, 1_16, 1_8, 1_4, 1_2, full, a number, or a directory with labeled.txt")
 flags.DEFINE_string("data_dir", None, "dataset root (default: ./data/<dataset> or $TFSEMISEG_DATA)")

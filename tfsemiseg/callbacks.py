@@ -45,6 +45,26 @@ class DiscriminatorLearningRate(keras.callbacks.Callback):
             logs["d_learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
+class SaveSegmenterAt(keras.callbacks.Callback):
+    """Saves `model.segmenter` at the end of the given (1-based) epochs as `<directory>/epoch_<n>.keras`:
+    the teacher snapshots whose predictions ST++ compares."""
+
+    def __init__(self, epochs, directory):
+        super().__init__()
+        self.epochs, self.directory = set(epochs), directory
+
+    @staticmethod
+    def path(directory, epoch):
+        return os.path.join(directory, f"epoch_{epoch}.keras")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 in self.epochs:
+            os.makedirs(self.directory, exist_ok=True)
+            tmp = os.path.join(self.directory, f"epoch_{epoch + 1}.tmp.keras")
+            self.model.segmenter.save(tmp)
+            os.replace(tmp, self.path(self.directory, epoch + 1))
+
+
 class SegmentationImages(keras.callbacks.Callback):
     """Writes a few fixed images to TensorBoard after every epoch: input, ground truth and the
     maps of `model.visualize` (prediction, and e.g. ALSS's confidence map and semi mask).
@@ -59,9 +79,18 @@ class SegmentationImages(keras.callbacks.Callback):
         self._writer = None
 
     @classmethod
-    def from_dataset(cls, dataset, cfg, count=4):
+    def from_dataset(cls, dataset, cfg, log_dir, count=4):
         batch = next(iter(eval_stream(dataset, cfg, cfg.eval_split, batch_size=count)))
-        return cls(os.path.join(cfg.workdir, "logs", "images"), batch["image"], batch["label"])
+        return cls(os.path.join(log_dir, "images"), batch["image"], batch["label"])
+
+    @staticmethod
+    def write(writer, step, images, **maps):
+        """Images and their named maps (colourised) as TensorBoard images at `step`."""
+        with writer.as_default():
+            tf.summary.image("input", tf.cast(images, tf.uint8), step=step, max_outputs=len(images))
+            for name, value in maps.items():
+                tf.summary.image(name, SegmentationImages.colorize(value), step=step, max_outputs=len(images))
+        writer.flush()
 
     @staticmethod
     def colorize(maps):
@@ -72,9 +101,4 @@ class SegmentationImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._writer = self._writer or tf.summary.create_file_writer(self.log_dir)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        with self._writer.as_default():
-            tf.summary.image("input", tf.cast(self.images, tf.uint8), step=step, max_outputs=len(self.images))
-            tf.summary.image("ground_truth", self.colorize(self.labels), step=step, max_outputs=len(self.images))
-            for name, maps in self.model.visualize(self.images).items():
-                tf.summary.image(name, self.colorize(maps), step=step, max_outputs=len(self.images))
-        self._writer.flush()
+        self.write(self._writer, step, self.images, ground_truth=self.labels, **self.model.visualize(self.images))

@@ -59,6 +59,12 @@ class Config:
     d_lr: float = 1e-4
     d_beta_1: float = 0.9
     d_beta_2: float = 0.99
+    # ST / ST++ (Yang et al. 2022)
+    stage_epochs: int = 0  # > 0: every training stage runs this many epochs over its own image list (paper: 80)
+    student_iterations: int = 0  # with stage_epochs 0: iterations of each student (0: `iterations`)
+    tta_scales: tuple = (0.5, 0.75, 1.0, 1.5, 2.0)  # pseudo-labelling test-time augmentation
+    tta_flip: bool = True
+    reliable_fraction: float = 0.5  # ST++: share of unlabeled images, most stable first, labeled first
 
     def replace(self, **changes):
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})

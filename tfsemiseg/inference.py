@@ -13,6 +13,12 @@ def pad_to_multiple(images, multiple):
     return tf.pad(images, [[0, 0], [0, ph], [0, pw], [0, 0]]), h, w
 
 
+def padded_logits(segmenter, images, multiple=32):
+    """Logits of a whole-image batch of any size: padded to a multiple of the network's stride, cropped back."""
+    padded, h, w = pad_to_multiple(images, multiple)
+    return segmenter(padded, training=False)[:, :h, :w]
+
+
 def sliding_window_scores(predict, images, window, stride):
     """Softmax scores summed over overlapping `window` x `window` crops (borders aligned), averaged.
 

@@ -11,51 +11,20 @@ A run directory (`workdir`) holds:
     metrics_<split>.json     written by `evaluate` for the split it evaluated
 
 Files are written atomically (to a temporary name, then renamed), so an interruption never
-leaves a half-written checkpoint or metrics file.
+leaves a half-written checkpoint or metrics file (see `tfsemiseg/training.py`). Multi-stage
+methods (ST / ST++) keep one such layout per stage in `<workdir>/<stage>/`, TensorBoard logs in
+`logs/<stage>/`, and the last stage's segmenter and metrics at the top.
 """
 
 import json
-import math
 import os
-import time
 
 import keras
-import numpy as np
-import tensorflow as tf
 
-from tfsemiseg import callbacks as callbacks_lib
 from tfsemiseg.config import Config
-from tfsemiseg.data import build_dataset, eval_stream, explain_data_errors
+from tfsemiseg.data import build_dataset
 from tfsemiseg.methods import SegmentationMethod, get_method
-
-
-def atomic_write(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def set_precision(mixed_precision):
-    """mixed_float16 on GPU, mixed_bfloat16 on CPU (float16 kernels are slow there)."""
-    if mixed_precision:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-    else:
-        policy = "float32"
-    keras.mixed_precision.set_global_policy(policy)
-
-
-def make_strategy(name):
-    """`none`: the default strategy; `mirrored`: all local GPUs; `multiworker`: machines in TF_CONFIG."""
-    if name == "none":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        # All local GPUs; on a machine without GPUs, the logical CPU devices (how the tests run it).
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"--distribute must be none, mirrored or multiworker, got {name!r}")
+from tfsemiseg.training import atomic_write, evaluate_model, fit_stage, make_strategy, set_precision
 
 
 def load_dataset(cfg):
@@ -74,20 +43,12 @@ def _check_resume(cfg):
                              "Use a new --workdir, or delete the old one to start over.")
 
 
-def evaluate_model(model, dataset, cfg, subset):
-    """mIoU and per-class IoU of `model` (a SegmentationMethod) on `subset` of `dataset`."""
-    with explain_data_errors(dataset.paths(subset)):
-        result = model.evaluate(eval_stream(dataset, cfg, subset), return_dict=True, verbose=0)
-    per_class = model.miou.per_class_iou()
-    return {
-        "miou": float(result["miou"]),
-        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(dataset.class_names, per_class)},
-        "eval_split": subset,
-    }
-
-
 def train(cfg, verbose=1):
-    """Train `cfg.method` as configured; returns the metrics written to metrics.json."""
+    """Train `cfg.method` as configured; returns the metrics written to metrics.json.
+
+    A method is either a `SegmentationMethod` (one `fit`) or a driver of several stages
+    (ST / ST++, with a `run` classmethod) that writes its stages under the same workdir.
+    """
     keras.utils.set_random_seed(cfg.seed)
     set_precision(cfg.mixed_precision)
     os.makedirs(cfg.workdir, exist_ok=True)
@@ -96,43 +57,15 @@ def train(cfg, verbose=1):
     atomic_write(os.path.join(cfg.workdir, "config.json"), cfg.to_json())
 
     method = get_method(cfg.method)
-    with make_strategy(cfg.distribute).scope():
+    strategy = make_strategy(cfg.distribute)
+    if not issubclass(method, SegmentationMethod):
+        return method.run(cfg, dataset, strategy, verbose)
+    with strategy.scope():
         model = method.create(cfg, dataset.num_classes)
-    steps_per_epoch = min(cfg.steps_per_epoch, cfg.iterations)
-    epochs = math.ceil(cfg.iterations / steps_per_epoch)
-    throughput = callbacks_lib.Throughput(cfg.batch_size)
-    os.makedirs(os.path.join(cfg.workdir, "checkpoints"), exist_ok=True)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(cfg.workdir, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(cfg.workdir, "checkpoints", "ckpt.weights.h5"),
-                                        save_weights_only=True),
-        callbacks_lib.DiscriminatorLearningRate(),  # before TensorBoard, which writes the logs
-        keras.callbacks.TensorBoard(os.path.join(cfg.workdir, "logs"), write_graph=False),
-        throughput,
-        *method.extra_callbacks(model, dataset, cfg),
-    ]
-    validation = {}
-    if cfg.eval_every:
-        validation = dict(validation_data=eval_stream(dataset, cfg, cfg.eval_split), validation_freq=cfg.eval_every)
-    start = time.time()
-    with explain_data_errors(dataset.paths("labeled") + dataset.paths("unlabeled")):
-        model.fit(method.train_data(dataset, cfg), epochs=epochs, steps_per_epoch=steps_per_epoch,
-                  callbacks=callbacks, verbose=verbose, shuffle=False, **validation)
-    train_seconds = time.time() - start
-
-    final_dir = os.path.join(cfg.workdir, "final")
-    os.makedirs(final_dir, exist_ok=True)
-    tmp = os.path.join(final_dir, "segmenter.tmp.keras")
-    model.segmenter.save(tmp)
-    os.replace(tmp, os.path.join(final_dir, "segmenter.keras"))
-
-    metrics = {
-        "method": cfg.method, "dataset": cfg.dataset, "split": cfg.split, "steps": epochs * steps_per_epoch,
-        "train_images_per_sec": round(throughput.images_per_sec, 2), "train_seconds": round(train_seconds, 1),
-        **evaluate_model(model, dataset, cfg, cfg.eval_split),
-    }
-    atomic_write(os.path.join(cfg.workdir, "metrics.json"), json.dumps(metrics, indent=2))
-    return metrics
+    log_dir = os.path.join(cfg.workdir, "logs")
+    return fit_stage(model, method.train_data(dataset, cfg), cfg, dataset, cfg.workdir, log_dir,
+                     callbacks=method.extra_callbacks(model, dataset, cfg, log_dir), verbose=verbose,
+                     data_paths=dataset.paths("labeled") + dataset.paths("unlabeled"))
 
 
 def load_run(workdir, data_dir=None):

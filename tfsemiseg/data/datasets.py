@@ -92,10 +92,10 @@ class SegDataset:
         if not keys:
             raise io.DataError(f"The {subset} set of {self.name!r} is empty for this split. "
                                "Check the split files or choose another --split.")
-        if self.synthetic:
-            ds = tf.data.Dataset.from_tensor_slices(np.asarray(keys, np.int64))
-        else:
+        if isinstance(keys[0], tuple):  # (image_path, label_path), or (index, label_path) when relabeled
             ds = tf.data.Dataset.from_tensor_slices(tuple(np.asarray(k) for k in zip(*keys)))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(np.asarray(keys, np.int64))
         if shuffle_seed is not None:
             ds = ds.shuffle(len(keys), seed=shuffle_seed, reshuffle_each_iteration=True)
         if repeat:
@@ -104,15 +104,18 @@ class SegDataset:
                       deterministic=shuffle_seed is None)
 
     def _decoder(self, with_label):
+        num_classes, ignore_value = self.num_classes, self.ignore_value
         if self.synthetic:
             seed, size = self.seed, self.image_size
 
-            def decode(index):
+            def decode(index, label_path=None):
                 example = synthetic.render(index, seed, size)
-                return example if with_label else {"image": example["image"]}
+                if not with_label:
+                    return {"image": example["image"]}
+                if label_path is not None:
+                    return {"image": example["image"], "label": io.read_label(label_path, num_classes)}
+                return example
             return decode
-
-        num_classes, ignore_value = self.num_classes, self.ignore_value
 
         def decode(image_path, label_path):
             if with_label:
@@ -120,9 +123,16 @@ class SegDataset:
             return {"image": io.read_image(image_path)}
         return decode
 
+    def relabeled(self, keys, label_files):
+        """A dataset whose labeled set is the images of `keys` with the labels in `label_files`
+        (single-channel PNG class maps, 255 = ignore): how pseudo-labeled images are trained on."""
+        images = [k[0] for k in keys] if not self.synthetic else [int(k) for k in keys]
+        return dataclasses.replace(self, labeled=list(zip(images, label_files)), unlabeled=[],
+                                   ignore_value=io.IGNORE_LABEL)
+
     def paths(self, subset):
         """All files of a subset, for error reports."""
-        return [p for key in self.keys(subset) for p in key] if not self.synthetic else []
+        return [p for key in self.keys(subset) if isinstance(key, tuple) for p in key if isinstance(p, str)]
 
 
 # ----------------------------------------------------------------------------- splits

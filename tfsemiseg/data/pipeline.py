@@ -32,8 +32,8 @@ def _prescale(example, image_scale):
     return out
 
 
-def labeled_stream(dataset, cfg, seed=0, batch_size=None, strong=None):
-    """Infinite shuffled batches of weakly augmented labeled crops."""
+def labeled_examples(dataset, cfg, seed=0, strong=None):
+    """Infinite shuffled, weakly augmented labeled crops (unbatched); `strong` augments them further."""
     def prepare(example):
         example = _prescale(example, cfg.image_scale)
         image, label = augment.weak_augment(example["image"], example["label"], cfg.crop_size,
@@ -43,7 +43,22 @@ def labeled_stream(dataset, cfg, seed=0, batch_size=None, strong=None):
         return {"image": image, "label": label}
 
     ds = dataset.examples("labeled", shuffle_seed=seed, repeat=True)
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=False)
+
+
+def labeled_stream(dataset, cfg, seed=0, batch_size=None, strong=None):
+    """Infinite shuffled batches of weakly augmented labeled crops."""
+    ds = labeled_examples(dataset, cfg, seed, strong)
+    return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def mixed_stream(streams, weights, cfg, seed=0, batch_size=None):
+    """Batches whose examples are drawn from `streams` (unbatched) at rates `weights`.
+
+    ST's student batches: labeled and pseudo-labeled crops shuffled together, the labeled
+    images repeated to match the pseudo-labeled ones.
+    """
+    ds = tf.data.Dataset.sample_from_datasets(streams, weights=[float(w) for w in weights], seed=seed)
     return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
@@ -67,6 +82,23 @@ def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None):
     ds = dataset.examples("unlabeled", shuffle_seed=seed, repeat=True, with_label=False)
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def inference_stream(dataset, cfg, subset="unlabeled", batch_size=None):
+    """Whole images of `subset` in key order, without labels, padded per batch, for pseudo-labelling.
+
+    {"image": float32 [B, H, W, 3] (after `image_scale`), "valid": uint8 [B, H, W] (0 on padding),
+    "size": int32 [B, 2] (each image's height and width on disk, before `image_scale`)}.
+    """
+    def prepare(example):
+        size = tf.shape(example["image"])[:2]
+        image = tf.cast(_prescale(example, cfg.image_scale)["image"], tf.float32)
+        return {"image": image, "valid": tf.ones(tf.shape(image)[:2], tf.uint8), "size": size}
+
+    ds = dataset.examples(subset, with_label=False).map(prepare, num_parallel_calls=AUTOTUNE)
+    ds = ds.padded_batch(batch_size or cfg.eval_batch_size,
+                         padding_values={"image": 0.0, "valid": tf.constant(0, tf.uint8), "size": 0})
+    return ds.prefetch(AUTOTUNE)
 
 
 def eval_stream(dataset, cfg, subset="val", batch_size=None):

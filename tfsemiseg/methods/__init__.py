@@ -2,9 +2,11 @@
 
 from tfsemiseg.methods.base import SegmentationMethod
 from tfsemiseg.methods.alss import AdvSemiSeg
+from tfsemiseg.methods.st import SelfTraining, SelfTrainingPlus
 from tfsemiseg.methods.suponly import SupOnly
 
-METHODS = {"suponly": SupOnly, "alss": AdvSemiSeg}
+# A keras.Model subclass (one fit), or a driver of several fits with a `run` classmethod (ST, ST++).
+METHODS = {"suponly": SupOnly, "alss": AdvSemiSeg, "st": SelfTraining, "stpp": SelfTrainingPlus}
 
 
 def get_method(name):

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfsemiseg import metrics, optim
-from tfsemiseg.inference import pad_to_multiple, sliding_window_scores
+from tfsemiseg.inference import padded_logits, sliding_window_scores
 from tfsemiseg.callbacks import SegmentationImages
 
 
@@ -47,9 +47,9 @@ class SegmentationMethod(keras.Model):
         raise NotImplementedError
 
     @staticmethod
-    def extra_callbacks(model, dataset, cfg):
+    def extra_callbacks(model, dataset, cfg, log_dir):
         """Callbacks a run adds to Keras' own: TensorBoard images of `visualize` for a few val images."""
-        return [SegmentationImages.from_dataset(dataset, cfg)]
+        return [SegmentationImages.from_dataset(dataset, cfg, log_dir)]
 
     def call(self, images, training=False):
         return self.segmenter(images, training=training)
@@ -60,8 +60,7 @@ class SegmentationMethod(keras.Model):
         if self.eval_window:
             return sliding_window_scores(lambda x: self.segmenter(x, training=False), images,
                                          self.eval_window, self.eval_stride)
-        padded, h, w = pad_to_multiple(images, 32)
-        return tf.nn.softmax(self.segmenter(padded, training=False)[:, :h, :w])
+        return tf.nn.softmax(padded_logits(self.segmenter, images))
 
     def test_step(self, data):
         self.miou.update_state(data["label"], self.predict_scores(data["image"]))

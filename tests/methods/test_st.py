@@ -1,0 +1,202 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import configs
+from tfsemiseg import runner
+from tfsemiseg.data import build_dataset, pipeline
+from tfsemiseg.methods import st
+from tfsemiseg.methods.st import SelfTraining, SelfTrainingPlus, split_reliable, stability_scores
+
+
+def test_stability_score_by_hand():
+    final = tf.constant([[[0, 0], [1, 1]]])
+    same = final
+    all_zero = tf.zeros_like(final)  # class 0: 2/4, class 1: 0/2 -> mIoU 0.25
+    score = stability_scores([same, all_zero], final, num_classes=2)
+    np.testing.assert_allclose(score.numpy(), [(1.0 + 0.25) / 2], atol=1e-6)
+
+    # Padding (valid 0) is not counted: only the top row is compared, where all_zero is right.
+    valid = tf.constant([[[1, 1], [0, 0]]], tf.uint8)
+    np.testing.assert_allclose(stability_scores([all_zero], final, 2, valid).numpy(), [1.0], atol=1e-6)
+
+    # One score per image of the batch.
+    batch = tf.concat([final, 1 - final], 0)
+    np.testing.assert_allclose(stability_scores([batch], tf.concat([final, final], 0), 2).numpy(), [1.0, 0.0])
+
+
+def test_reliable_half_is_the_most_stable():
+    keys = ["a", "b", "c", "d", "e"]
+    reliable, unreliable = split_reliable(keys, [0.2, 0.9, 0.5, 0.9, 0.1])
+    assert reliable == ["b", "d"]  # floor(5 / 2), ties keep key order
+    assert unreliable == ["c", "a", "e"]
+    assert split_reliable(keys, [0.2, 0.9, 0.5, 0.9, 0.1], fraction=0.6)[0] == ["b", "d", "c"]
+
+
+def test_keys_round_trip_through_text(tmp_path):
+    keys = [("dir/a.png", "dir/a_L.png"), ("dir/b.png", "dir/b_L.png")]
+    st._write_keys(tmp_path / "k.txt", keys)
+    assert st._read_keys(tmp_path / "k.txt") == keys
+    st._write_keys(tmp_path / "i.txt", [3, 17])
+    assert st._read_keys(tmp_path / "i.txt") == [3, 17]
+
+
+def test_mixed_stream_draws_at_the_given_rates():
+    cfg = configs.get_config("st", "synthetic").replace(batch_size=10)
+    ones = tf.data.Dataset.from_tensors({"label": tf.constant(1)}).repeat()
+    zeros = tf.data.Dataset.from_tensors({"label": tf.constant(0)}).repeat()
+    labels = np.concatenate([b["label"].numpy() for b in pipeline.mixed_stream([ones, zeros], [3, 1], cfg).take(100)])
+    assert abs(labels.mean() - 0.75) < 0.05
+    assert 0 < labels[:10].sum() < 10 or 0 < labels[10:20].sum() < 10  # mixed within batches
+
+
+def test_relabeled_synthetic_images_read_their_png_labels(tmp_path):
+    dataset = build_dataset("synthetic", split="1_16", image_size=32)
+    keys = dataset.unlabeled[:3]
+    files = []
+    for i, key in enumerate(keys):
+        path = str(tmp_path / f"{key}.png")
+        tf.io.write_file(path, tf.io.encode_png(tf.fill([32, 32, 1], tf.constant(i, tf.uint8))))
+        files.append(path)
+    examples = list(dataset.relabeled(keys, files).examples("labeled"))
+    originals = list(dataset.examples("unlabeled").take(3))
+    for i, (example, original) in enumerate(zip(examples, originals)):
+        np.testing.assert_array_equal(example["image"], original["image"])
+        assert np.all(example["label"].numpy() == i)
+
+
+def test_pseudo_labels_are_written_at_each_images_size_on_disk(tmp_path):
+    labels = tf.constant([[1, 2, 0], [3, 4, 0], [0, 0, 0]])  # a 2 x 2 image padded to 3 x 3
+    valid = tf.constant([[1, 1, 0], [1, 1, 0], [0, 0, 0]], tf.uint8)
+    st._write_png(str(tmp_path / "x.png"), labels, valid, tf.constant([4, 4]))  # image_scale 0.5
+    png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "x.png")))[..., 0].numpy()
+    np.testing.assert_array_equal(png, np.kron([[1, 2], [3, 4]], np.ones((2, 2), np.uint8)))
+
+
+def test_inference_stream_pads_and_reports_sizes(camvid_tree):
+    dataset = build_dataset("camvid", str(camvid_tree), "full")
+    cfg = configs.get_config("st", "camvid").replace(image_scale=0.5, eval_batch_size=2)
+    batch = next(iter(pipeline.inference_stream(dataset, cfg, "labeled")))
+    h, w = batch["image"].shape[1:3]
+    size = batch["size"].numpy()
+    assert (h, w) == (round(size[0][0] * 0.5), round(size[0][1] * 0.5))
+    assert batch["valid"].numpy().all()
+
+
+def test_paper_schedule_counts_epochs_over_each_stage_list(tmp_path):
+    cfg = configs.get_config("stpp", "synthetic").replace(workdir=str(tmp_path), stage_epochs=9, batch_size=8)
+    dataset = build_dataset("synthetic", split="1_16")  # 32 labeled, 480 unlabeled
+    driver = SelfTrainingPlus(cfg, dataset, tf.distribute.get_strategy(), verbose=0)
+    teacher = driver.stage_config("1_teacher", 0)  # 32 < 200 labeled ids are repeated 7 times: 224 images
+    assert (teacher.steps_per_epoch, teacher.iterations) == (28, 9 * 28)
+    assert driver.snapshot_epochs(teacher) == (3, 6)
+    student = driver.stage_config("6_student", 480)  # 32 x 15 + 480 = 960 images
+    assert (student.steps_per_epoch, student.iterations) == (120, 9 * 120)
+    # The CPU settings count iterations instead.
+    cfg = configs.get_config("st", "camvid")
+    plain = SelfTraining(cfg.replace(workdir=str(tmp_path)), dataset, tf.distribute.get_strategy(), verbose=0)
+    assert plain.stage_config("1_teacher", 0).iterations == cfg.iterations
+    assert plain.stage_config("3_student", 480).iterations == cfg.student_iterations
+
+
+def test_stpp_needs_three_teacher_epochs(tmp_path):
+    cfg = configs.get_config("stpp", "synthetic").replace(workdir=str(tmp_path), iterations=10, steps_per_epoch=5)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        SelfTrainingPlus(cfg, build_dataset("synthetic"), tf.distribute.get_strategy(), verbose=0)
+
+
+def test_st_needs_unlabeled_images(tmp_path):
+    cfg = configs.get_config("st", "synthetic").replace(workdir=str(tmp_path), split="full")
+    with pytest.raises(ValueError, match="split"):
+        SelfTraining(cfg, build_dataset("synthetic", split="full"), tf.distribute.get_strategy())
+
+
+def tiny(method, workdir):
+    return configs.get_config(method, "synthetic").replace(
+        workdir=str(workdir), image_size=32, crop_size=32, batch_size=4, iterations=6, steps_per_epoch=2,
+        student_iterations=4, eval_batch_size=64)
+
+
+def test_st_end_to_end(tmp_path):
+    cfg = tiny("st", tmp_path / "run")
+    metrics = runner.train(cfg, verbose=0)
+    assert set(metrics["stages"]) == {"1_teacher", "2_pseudo_label", "3_student"}
+    assert 0.0 <= metrics["miou"] <= 1.0 and metrics["steps"] == 4  # the student's
+    assert metrics == json.load(open(tmp_path / "run" / "metrics.json"))
+
+    labels = tmp_path / "run" / "2_pseudo_label"
+    dataset = runner.load_dataset(cfg)
+    pseudo = sorted(p for p in os.listdir(labels) if p.endswith(".png"))
+    assert len(pseudo) == len(dataset.unlabeled) == 480
+    png = tf.io.decode_png(tf.io.read_file(str(labels / pseudo[0]))).numpy()
+    assert png.shape == (32, 32, 1) and png.max() < dataset.num_classes
+    # The pseudo-labels are the teacher's TTA predictions.
+    teacher = keras.saving.load_model(tmp_path / "run" / "1_teacher" / "final" / "segmenter.keras")
+    first_key = st._read_keys(labels / "keys.txt")[0]
+    first_png = (labels / "labels.txt").read_text().split()[0]
+    image = dataset.relabeled([first_key], [str(labels / first_png)])
+    example = next(iter(image.examples("labeled")))
+    scores = st.tta_scores(lambda x: st.padded_logits(teacher, x), tf.cast(example["image"][None], tf.float32),
+                           cfg.tta_scales, cfg.tta_flip)
+    agree = np.mean(np.argmax(scores[0], -1) == example["label"].numpy())
+    assert agree > 0.99
+
+    # Evaluate / export / predict find the student at the top of the run.
+    assert runner.evaluate(str(tmp_path / "run"))["miou"] == pytest.approx(metrics["miou"], abs=1e-6)
+    for event_dir in ("1_teacher/train", "2_pseudo_label/images", "3_student/train"):
+        assert os.listdir(tmp_path / "run" / "logs" / event_dir), event_dir
+
+
+def test_stpp_resumes_after_an_interruption_and_skips_finished_stages(tmp_path, monkeypatch):
+    cfg = tiny("stpp", tmp_path / "run")
+    run = tmp_path / "run"
+    written = []
+    original_write = st._write_png
+
+    def interrupt_midway(path, *args):
+        if "5_label_unreliable" in str(path):
+            if len(written) == 100:
+                raise KeyboardInterrupt
+            written.append(path)
+        original_write(path, *args)
+
+    monkeypatch.setattr(st, "_write_png", interrupt_midway)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train(cfg, verbose=0)
+    for stage in ("1_teacher", "2_select", "3_label_reliable", "4_student_reliable"):
+        assert os.path.exists(run / stage), stage
+    assert not os.path.exists(run / "5_label_unreliable")  # never half-written
+    assert len(os.listdir(run / "5_label_unreliable.tmp")) > 0
+    assert not os.path.exists(run / "metrics.json")
+    assert sorted(os.listdir(run / "1_teacher" / "snapshots")) == ["epoch_1.keras", "epoch_2.keras"]
+    reliable = (run / "2_select" / "reliable.txt").read_text().split()
+    unreliable = (run / "2_select" / "unreliable.txt").read_text().split()
+    assert len(reliable) == len(unreliable) == 240 and not set(reliable) & set(unreliable)
+    scores = [float(line.split()[0]) for line in (run / "2_select" / "scores.txt").read_text().splitlines()]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    finished = {stage: os.path.getmtime(run / stage) for stage in ("2_select", "3_label_reliable")}
+    teacher_mtime = os.path.getmtime(run / "1_teacher" / "metrics.json")
+
+    monkeypatch.setattr(st, "_write_png", original_write)
+    trained = []
+    monkeypatch.setattr(st.training, "fit_stage", _recording(st.training.fit_stage, trained))
+    metrics = runner.train(cfg, verbose=0)
+    assert [os.path.basename(args[4]) for args in trained] == ["6_student"]  # only the unfinished fit
+    assert os.path.getmtime(run / "1_teacher" / "metrics.json") == teacher_mtime
+    assert {stage: os.path.getmtime(run / stage) for stage in finished} == finished
+    assert not os.path.exists(run / "5_label_unreliable.tmp")
+    assert len([p for p in os.listdir(run / "5_label_unreliable") if p.endswith(".png")]) == 240
+    assert list(metrics["stages"]) == ["1_teacher", "2_select", "3_label_reliable", "4_student_reliable",
+                                       "5_label_unreliable", "6_student"]
+    assert os.path.exists(run / "final" / "segmenter.keras")
+
+
+def _recording(function, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+    return wrapper

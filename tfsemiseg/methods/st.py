@@ -1,0 +1,319 @@
+"""ST and ST++: self-training with strong augmentation and reliable-image selection (Yang et al.,
+"ST++: Make Self-training Work Better for Semi-supervised Semantic Segmentation", CVPR 2022).
+
+Not one `train_step` but a driver of `fit` calls over tf.data datasets. Each stage trains a
+fresh SupOnly network (plain cross-entropy) or runs batched inference, and writes its outputs
+into `<workdir>/<stage>/`:
+
+ST (`--method=st`):
+    1_teacher           T: SupOnly on the labeled images.
+    2_pseudo_label      y(u) = argmax_c mean_{s,f} softmax(T(f(s(u)))) for every unlabeled u: test-time
+                        augmentation over scales s (0.5-2.0) and flips f; hard labels written as PNGs.
+    3_student           a fresh network on labeled images (weak augmentation) and pseudo-labeled ones
+                        (weak + strong: colour jitter, grayscale, blur, cutout whose pixels are ignored),
+                        shuffled into the same batches, the labeled images repeated to match.
+ST++ (`--method=stpp`) self-trains on the reliable images first:
+    1_teacher           as in ST, keeping snapshots T_1, T_2 at 1/3 and 2/3 of its epochs (T_3 = the end);
+    2_select            stability s(u) = 1/2 sum_{k=1,2} mIoU(argmax T_k(u), argmax T_3(u)); the most
+                        stable `reliable_fraction` (half) of the unlabeled images are reliable
+                        (reliable.txt / unreliable.txt, scores.txt);
+    3_label_reliable    T pseudo-labels the reliable images (TTA);
+    4_student_reliable  a student on labeled + reliable images;
+    5_label_unreliable  that student pseudo-labels the unreliable images (the reliable labels are kept);
+    6_student           a fresh student on labeled + all pseudo-labeled images: the reported model.
+
+Running the same command again skips finished stages: a training stage resumes from its
+backup and is finished once its metrics.json exists; an inference stage writes into
+`<stage>.tmp/`, renamed when complete. TensorBoard logs are in `<workdir>/logs/<stage>/`, with
+the pseudo-labels of a few images next to the images. The last student is also saved as
+`<workdir>/final/segmenter.keras` and its metrics as `<workdir>/metrics.json`, so evaluate,
+export and predict work as for any run.
+
+    python scripts/train.py --method=stpp --dataset=synthetic
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsemiseg import metrics, training
+from tfsemiseg.callbacks import SaveSegmenterAt, SegmentationImages
+from tfsemiseg.data import augment, pipeline
+from tfsemiseg.data.io import IGNORE_LABEL
+from tfsemiseg.inference import padded_logits, tta_scores
+from tfsemiseg.methods.suponly import SupOnly
+
+
+def stability_scores(earlier, final, num_classes, valid=None):
+    """ST++'s stability s(u) [B]: the mean over `earlier` predictions (a list of int [B, H, W], one
+    per earlier checkpoint) of their per-image mIoU against `final`, the last checkpoint's prediction.
+    Pixels where `valid` is 0 (batch padding) are not counted."""
+    reference = tf.cast(final, tf.int32)
+    if valid is not None:
+        reference = tf.where(valid > 0, reference, IGNORE_LABEL)
+    return tf.add_n([metrics.per_image_miou(p, reference, num_classes) for p in earlier]) / len(earlier)
+
+
+def split_reliable(keys, scores, fraction=0.5):
+    """(reliable, unreliable): `keys` ranked by decreasing score (ties keep key order); the first
+    floor(fraction * N) are reliable."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    ranked = [keys[i] for i in order]
+    count = int(len(keys) * fraction)
+    return ranked[:count], ranked[count:]
+
+
+def _key_to_text(key):
+    return "\t".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def _key_from_text(text):
+    parts = text.split("\t")
+    return tuple(parts) if len(parts) > 1 else int(parts[0])
+
+
+def _write_keys(path, keys):
+    with open(path, "w") as f:
+        f.writelines(_key_to_text(k) + "\n" for k in keys)
+
+
+def _read_keys(path):
+    with open(path) as f:
+        return [_key_from_text(line.rstrip("\n")) for line in f if line.strip()]
+
+
+def _label_names(keys):
+    """Unique PNG names for the pseudo-labels of `keys`: the image's own name, or the synthetic index."""
+    if not isinstance(keys[0], tuple):
+        return [f"{int(k):06d}.png" for k in keys]
+    stems = [os.path.splitext(os.path.basename(k[0]))[0] for k in keys]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i:06d}_{stem}" for i, stem in enumerate(stems)]
+    return [stem + ".png" for stem in stems]
+
+
+class SelfTraining:
+    """The ST driver (see the module docstring). `run` is what `runner.train` calls."""
+
+    def __init__(self, cfg, dataset, strategy, verbose=1):
+        self.cfg, self.dataset, self.strategy, self.verbose = cfg, dataset, strategy, verbose
+        self.workdir = cfg.workdir
+        if not dataset.unlabeled:
+            raise ValueError(f"--method={cfg.method} needs unlabeled images, but split {cfg.split!r} labels "
+                             "the whole training set. Choose a semi-supervised --split (e.g. 1_8).")
+
+    @classmethod
+    def run(cls, cfg, dataset, strategy, verbose=1):
+        driver = cls(cfg, dataset, strategy, verbose)
+        return driver.finish(driver.stages())
+
+    def stages(self):
+        """The stages in order; returns the directory of the last (reported) student."""
+        teacher = self.train("1_teacher")
+        pseudo = self.pseudo_label("2_pseudo_label", teacher, self.dataset.unlabeled)
+        return self.train("3_student", pseudo)
+
+    # -- training stages ---------------------------------------------------------------------------
+
+    def stage_config(self, stage, num_pseudo):
+        """The run's config with this stage's schedule: `stage_epochs` over the stage's own image list
+        (the paper's; fewer than 200 labeled images are repeated, as in the official code), else
+        `iterations` for the teacher and `student_iterations` for students."""
+        cfg = self.cfg
+        if not cfg.stage_epochs:
+            iterations = (cfg.student_iterations or cfg.iterations) if num_pseudo else cfg.iterations
+            return cfg.replace(iterations=iterations)
+        labeled = len(self.dataset.labeled)
+        if num_pseudo:  # labeled ids x ceil(U / L) + pseudo-labeled ids
+            images = labeled * math.ceil(num_pseudo / labeled) + num_pseudo
+        else:
+            images = labeled * math.ceil(200 / labeled) if labeled < 200 else labeled
+        steps = max(1, images // cfg.batch_size)
+        return cfg.replace(iterations=cfg.stage_epochs * steps, steps_per_epoch=steps)
+
+    def snapshot_epochs(self, cfg):
+        """Teacher epochs (1-based) whose checkpoints ST++ compares with the last; none for ST."""
+        return ()
+
+    def train(self, stage, pseudo=()):
+        """Train a fresh SupOnly network on the labeled images plus `pseudo` ((key, png) pairs)."""
+        stage_dir = os.path.join(self.workdir, stage)
+        if os.path.exists(os.path.join(stage_dir, "metrics.json")):
+            self.say(f"{stage}: finished, skipped")
+            return stage_dir
+        self.say(f"{stage}: training on {len(self.dataset.labeled)} labeled + {len(pseudo)} pseudo-labeled images")
+        cfg = self.stage_config(stage, len(pseudo))
+        keras.utils.set_random_seed(cfg.seed + int(stage.split("_")[0]))  # a fresh, reproducible init
+        with self.strategy.scope():
+            model = SupOnly.create(cfg, self.dataset.num_classes)
+        log_dir = os.path.join(self.workdir, "logs", stage)
+        callbacks = SupOnly.extra_callbacks(model, self.dataset, cfg, log_dir)
+        if not pseudo and self.snapshot_epochs(cfg):
+            callbacks.append(SaveSegmenterAt(self.snapshot_epochs(cfg), os.path.join(stage_dir, "snapshots")))
+        data_paths = self.dataset.paths("labeled")
+        if pseudo:
+            relabeled = self.dataset.relabeled(*map(list, zip(*pseudo)))
+            data_paths += relabeled.paths("labeled")
+            train_data = self.mixed_data(cfg, relabeled)
+        else:
+            train_data = SupOnly.train_data(self.dataset, cfg)
+        training.fit_stage(model, train_data, cfg, self.dataset, stage_dir, log_dir, callbacks,
+                           verbose=self.verbose, data_paths=data_paths)
+        return stage_dir
+
+    def mixed_data(self, cfg, relabeled):
+        """Batches mixing labeled crops (weak augmentation) and pseudo-labeled ones (weak + strong),
+        at the rates of the official list: labeled ids x ceil(U / L) + the U pseudo-labeled ids."""
+        num_labeled, num_pseudo = len(self.dataset.labeled), len(relabeled.labeled)
+        labeled = pipeline.labeled_examples(self.dataset, cfg, seed=cfg.seed)
+        pseudo = pipeline.labeled_examples(relabeled, cfg, seed=cfg.seed + 1, strong=augment.StrongAugment())
+        weights = [num_labeled * math.ceil(num_pseudo / num_labeled), num_pseudo]
+        return pipeline.mixed_stream([labeled, pseudo], weights, cfg, seed=cfg.seed)
+
+    # -- inference stages --------------------------------------------------------------------------
+
+    def load(self, stage_dir):
+        return keras.saving.load_model(os.path.join(stage_dir, "final", "segmenter.keras"))
+
+    def batches(self, keys):
+        """Whole images of `keys`, in order, batched (tf.data)."""
+        subset = dataclasses.replace(self.dataset, unlabeled=list(keys))
+        return pipeline.inference_stream(subset, self.cfg, "unlabeled")
+
+    def pseudo_label(self, stage, model_dir, keys):
+        """Hard TTA pseudo-labels of `keys` by the model of `model_dir`, as PNGs in `<workdir>/<stage>/`
+        (at each image's size on disk, 255 nowhere). Returns (key, png path) pairs."""
+        out = os.path.join(self.workdir, stage)
+        if os.path.exists(out):
+            self.say(f"{stage}: finished, skipped")
+        else:
+            self.say(f"{stage}: pseudo-labelling {len(keys)} images with {os.path.basename(model_dir)}")
+            segmenter, cfg, start = self.load(model_dir), self.cfg, time.time()
+
+            @tf.function(reduce_retracing=True)
+            def label(images):
+                scores = tta_scores(lambda x: padded_logits(segmenter, x), images, cfg.tta_scales, cfg.tta_flip)
+                return tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+            names = iter(_label_names(keys))
+            writer = tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage, "images"))
+            with training.atomic_dir(out) as tmp:
+                with open(os.path.join(tmp, "labels.txt"), "w") as manifest:
+                    for i, batch in enumerate(self.batches(keys)):
+                        labels = label(batch["image"])
+                        if i == 0:  # a few images next to their pseudo-labels, in TensorBoard
+                            shown = tf.where(batch["valid"] > 0, labels, IGNORE_LABEL)[:4]
+                            SegmentationImages.write(writer, 0, batch["image"][:4], pseudo_label=shown)
+                        for labels_i, valid, size in zip(labels, batch["valid"], batch["size"]):
+                            name = next(names)
+                            _write_png(os.path.join(tmp, name), labels_i, valid, size)
+                            manifest.write(name + "\n")
+                training.atomic_write(os.path.join(tmp, "summary.json"), json.dumps(
+                    {"images": len(keys), "model": model_dir, "seconds": round(time.time() - start, 1)}))
+                _write_keys(os.path.join(tmp, "keys.txt"), keys)
+        keys = _read_keys(os.path.join(out, "keys.txt"))
+        with open(os.path.join(out, "labels.txt")) as f:
+            files = [os.path.join(out, line.strip()) for line in f if line.strip()]
+        return list(zip(keys, files))
+
+    def finish(self, final_dir):
+        """Put the last student and its metrics at the top of the run; per-stage results in "stages"."""
+        final = os.path.join(self.workdir, "final", "segmenter.keras")
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        shutil.copyfile(os.path.join(final_dir, "final", "segmenter.keras"), final + ".tmp")
+        os.replace(final + ".tmp", final)
+        result = json.load(open(os.path.join(final_dir, "metrics.json")))
+        stages = {}
+        for name in sorted(os.listdir(self.workdir)):
+            for file, keys in (("metrics.json", ("miou", "train_seconds")), ("summary.json", ("seconds",))):
+                path = os.path.join(self.workdir, name, file)
+                if os.path.isfile(path):
+                    found = json.load(open(path))
+                    stages[name] = {k: found[k] for k in keys}
+        seconds = sum(s.get("train_seconds", s.get("seconds", 0)) for s in stages.values())
+        result.update(method=self.cfg.method, stages=stages, total_seconds=round(seconds, 1))
+        training.atomic_write(os.path.join(self.workdir, "metrics.json"), json.dumps(result, indent=2))
+        return result
+
+    def say(self, message):
+        if self.verbose:
+            print(f"[{self.cfg.method}] {message}", flush=True)
+
+
+def _write_png(path, labels, valid, size):
+    """Write one image's class map: its unpadded part, resized (nearest) to its size on disk."""
+    valid = tf.cast(valid, tf.int32)
+    h, w = tf.reduce_sum(tf.reduce_max(valid, axis=1)), tf.reduce_sum(tf.reduce_max(valid, axis=0))
+    labels = tf.cast(labels[:h, :w, None], tf.uint8)
+    if not tf.reduce_all(tf.shape(labels)[:2] == size):
+        labels = tf.image.resize(labels, size, method="nearest")
+    tf.io.write_file(path, tf.io.encode_png(labels))
+
+
+class SelfTrainingPlus(SelfTraining):
+    """The ST++ driver (see the module docstring)."""
+
+    def __init__(self, cfg, dataset, strategy, verbose=1):
+        super().__init__(cfg, dataset, strategy, verbose)
+        teacher = self.stage_config("1_teacher", 0)
+        epochs = math.ceil(teacher.iterations / min(teacher.steps_per_epoch, teacher.iterations))
+        if epochs < 3:
+            raise ValueError(f"ST++ compares teacher checkpoints saved at 1/3 and 2/3 of its epochs, but the "
+                             f"teacher trains {epochs} epoch(s) of {teacher.steps_per_epoch} steps. Lower "
+                             "steps_per_epoch (--set steps_per_epoch=N) or raise --iterations.")
+
+    def snapshot_epochs(self, cfg):
+        epochs = math.ceil(cfg.iterations / min(cfg.steps_per_epoch, cfg.iterations))
+        return (epochs // 3, 2 * epochs // 3)
+
+    def stages(self):
+        teacher = self.train("1_teacher")
+        reliable, unreliable = self.select("2_select", teacher)
+        reliable_labels = self.pseudo_label("3_label_reliable", teacher, reliable)
+        student = self.train("4_student_reliable", reliable_labels)
+        unreliable_labels = self.pseudo_label("5_label_unreliable", student, unreliable)
+        return self.train("6_student", reliable_labels + unreliable_labels)
+
+    def select(self, stage, teacher_dir):
+        """Score every unlabeled image's stability across the teacher's checkpoints; write the
+        ranking (scores.txt) and the reliable.txt / unreliable.txt split. Returns both key lists."""
+        out = os.path.join(self.workdir, stage)
+        if os.path.exists(out):
+            self.say(f"{stage}: finished, skipped")
+        else:
+            keys, start = self.dataset.unlabeled, time.time()
+            self.say(f"{stage}: scoring the stability of {len(keys)} unlabeled images")
+            snapshots = os.path.join(teacher_dir, "snapshots")
+            teacher_cfg = self.stage_config("1_teacher", 0)
+            earlier = [keras.saving.load_model(SaveSegmenterAt.path(snapshots, epoch))
+                       for epoch in self.snapshot_epochs(teacher_cfg)]
+            final, num_classes = self.load(teacher_dir), self.dataset.num_classes
+
+            @tf.function(reduce_retracing=True)
+            def score(images, valid):
+                def predict(segmenter):
+                    return tf.argmax(padded_logits(segmenter, images), axis=-1, output_type=tf.int32)
+                return stability_scores([predict(m) for m in earlier], predict(final), num_classes, valid)
+
+            scores = np.concatenate([score(b["image"], b["valid"]).numpy() for b in self.batches(keys)])
+            reliable, unreliable = split_reliable(keys, scores, self.cfg.reliable_fraction)
+            with training.atomic_dir(out) as tmp:
+                order = np.argsort(-scores, kind="stable")
+                with open(os.path.join(tmp, "scores.txt"), "w") as f:
+                    f.writelines(f"{scores[i]:.6f}\t{_key_to_text(keys[i])}\n" for i in order)
+                _write_keys(os.path.join(tmp, "reliable.txt"), reliable)
+                _write_keys(os.path.join(tmp, "unreliable.txt"), unreliable)
+                training.atomic_write(os.path.join(tmp, "summary.json"), json.dumps({
+                    "images": len(keys), "reliable": len(reliable), "mean_score": float(scores.mean()),
+                    "threshold": float(scores[order[len(reliable) - 1]]) if reliable else None,
+                    "seconds": round(time.time() - start, 1)}))
+            with tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage)).as_default():
+                tf.summary.histogram("stability", scores, step=0)
+        return _read_keys(os.path.join(out, "reliable.txt")), _read_keys(os.path.join(out, "unreliable.txt"))

@@ -1,0 +1,124 @@
+"""One `fit` of one model, resumable, as every run and every ST / ST++ stage does it.
+
+`fit_stage(model, train_data, cfg, dataset, stage_dir)` trains for `cfg.iterations` and leaves in
+`stage_dir`:
+
+    backup/                  keras.callbacks.BackupAndRestore state: rerunning resumes mid-stage
+    checkpoints/             weights after every epoch (`ckpt.weights.h5`)
+    final/segmenter.keras    the trained segmenter (raw RGB in, logits out)
+    metrics.json             written last: its presence means the stage is finished
+
+Files are written atomically (to a temporary name, then renamed), so an interruption never
+leaves a half-written checkpoint, metrics file or output directory.
+"""
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsemiseg import callbacks as callbacks_lib
+from tfsemiseg.data import eval_stream, explain_data_errors
+
+
+def atomic_write(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a fresh temporary directory that becomes `path` only if the block completes."""
+    tmp = f"{path}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of an interrupted attempt
+    os.makedirs(tmp)
+    yield tmp
+    os.replace(tmp, path)
+
+
+def save_segmenter(segmenter, path):
+    """Save a segmenter as a .keras file, atomically."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path[:-len(".keras")] + ".tmp.keras"
+    segmenter.save(tmp)
+    os.replace(tmp, path)
+
+
+def set_precision(mixed_precision):
+    """mixed_float16 on GPU, mixed_bfloat16 on CPU (float16 kernels are slow there)."""
+    if mixed_precision:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    else:
+        policy = "float32"
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def make_strategy(name):
+    """`none`: the default strategy; `mirrored`: all local GPUs; `multiworker`: machines in TF_CONFIG."""
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        # All local GPUs; on a machine without GPUs, the logical CPU devices (how the tests run it).
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"--distribute must be none, mirrored or multiworker, got {name!r}")
+
+
+def evaluate_model(model, dataset, cfg, subset):
+    """mIoU and per-class IoU of `model` (a SegmentationMethod) on `subset` of `dataset`."""
+    with explain_data_errors(dataset.paths(subset)):
+        result = model.evaluate(eval_stream(dataset, cfg, subset), return_dict=True, verbose=0)
+    per_class = model.miou.per_class_iou()
+    return {
+        "miou": float(result["miou"]),
+        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(dataset.class_names, per_class)},
+        "eval_split": subset,
+    }
+
+
+def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callbacks=(), verbose=1, data_paths=()):
+    """Fit `model` (compiled for `cfg.iterations`) on `train_data`, then save and evaluate it.
+
+    TensorBoard logs go to `log_dir` (default `stage_dir/logs`). Returns the metrics it
+    writes to `stage_dir/metrics.json`.
+    """
+    steps_per_epoch = min(cfg.steps_per_epoch, cfg.iterations)
+    epochs = math.ceil(cfg.iterations / steps_per_epoch)
+    log_dir = log_dir or os.path.join(stage_dir, "logs")
+    throughput = callbacks_lib.Throughput(cfg.batch_size)
+    os.makedirs(os.path.join(stage_dir, "checkpoints"), exist_ok=True)
+    all_callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "checkpoints", "ckpt.weights.h5"),
+                                        save_weights_only=True),
+        callbacks_lib.DiscriminatorLearningRate(),  # before TensorBoard, which writes the logs
+        keras.callbacks.TensorBoard(log_dir, write_graph=False),
+        throughput,
+        *callbacks,
+    ]
+    validation = {}
+    if cfg.eval_every:
+        validation = dict(validation_data=eval_stream(dataset, cfg, cfg.eval_split), validation_freq=cfg.eval_every)
+    start = time.time()
+    with explain_data_errors(list(data_paths)):
+        model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=all_callbacks,
+                  verbose=verbose, shuffle=False, **validation)
+    train_seconds = time.time() - start
+    save_segmenter(model.segmenter, os.path.join(stage_dir, "final", "segmenter.keras"))
+    metrics = {
+        "method": cfg.method, "dataset": cfg.dataset, "split": cfg.split, "steps": epochs * steps_per_epoch,
+        "train_images_per_sec": round(throughput.images_per_sec, 2), "train_seconds": round(train_seconds, 1),
+        **evaluate_model(model, dataset, cfg, cfg.eval_split),
+    }
+    atomic_write(os.path.join(stage_dir, "metrics.json"), json.dumps(metrics, indent=2))
+    return metrics
