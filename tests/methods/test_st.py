@@ -200,3 +200,14 @@ def _recording(function, calls):
         calls.append(args)
         return function(*args, **kwargs)
     return wrapper
+
+
+def test_paper_settings():
+    voc = configs.get_config("stpp", "voc")
+    assert (voc.arch, voc.backbone, voc.output_stride, voc.backbone_weights) == ("deeplabv3plus", "resnet101", 8,
+                                                                                "imagenet")
+    assert (voc.crop_size, voc.base_size, voc.scale_range, voc.batch_size) == (321, 400, (0.5, 2.0), 16)
+    assert (voc.lr, voc.head_lr_mult, voc.weight_decay, voc.stage_epochs) == (0.001, 10.0, 1e-4, 80)
+    assert not voc.freeze_bn and voc.tta_scales == (0.5, 0.75, 1.0, 1.5, 2.0) and voc.reliable_fraction == 0.5
+    city = configs.get_config("st", "cityscapes")
+    assert (city.crop_size, city.base_size, city.lr, city.stage_epochs, city.image_scale) == (721, 2048, 0.004, 240, 1.0)
