@@ -55,6 +55,10 @@ def main(argv):
     except (DataError, ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps({k: metrics[k] for k in ("method", "dataset", "split", "steps", "train_images_per_sec")}))
+    for stage, result in metrics.get("stages", {}).items():  # ST / ST++
+        seconds = result.get("train_seconds", result.get("seconds"))
+        miou = f"val mIoU {100 * result['miou']:.2f}, " if "miou" in result else ""
+        print(f"  stage {stage}: {miou}{seconds} s")
     for name, iou in metrics["per_class_iou"].items():
         print(f"  {name:>14s}: {'-' if iou is None else f'{100 * iou:.1f}'}")
     print(f"{metrics['eval_split']} mIoU: {100 * metrics['miou']:.2f}  (written to {cfg.workdir}/metrics.json)")
