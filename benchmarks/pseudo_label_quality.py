@@ -19,16 +19,20 @@ from tfsemiseg.data import io  # noqa: E402
 from tfsemiseg.methods.st import _read_keys  # noqa: E402
 
 
-def stage_quality(stage_dir, dataset):
-    keys = _read_keys(os.path.join(stage_dir, "keys.txt"))
-    names = open(os.path.join(stage_dir, "labels.txt")).read().split()
+def stage_quality(stage_dirs, dataset):
+    """(images, mIoU, per-class IoU) of the pseudo-labels of `stage_dirs` taken together."""
+    pairs = []
+    for stage_dir in stage_dirs:
+        keys = _read_keys(os.path.join(stage_dir, "keys.txt"))
+        names = open(os.path.join(stage_dir, "labels.txt")).read().split()
+        pairs += [(key, os.path.join(stage_dir, name)) for key, name in zip(keys, names)]
     miou = metrics.MeanIoU(dataset.num_classes)
-    for (_, truth_path), name in zip(keys, names):
+    for (_, truth_path), pseudo_path in pairs:
         truth = io.read_label(truth_path, dataset.num_classes, dataset.ignore_value)
-        pseudo = io.read_label(os.path.join(stage_dir, name), dataset.num_classes)
+        pseudo = io.read_label(pseudo_path, dataset.num_classes)
         miou.update_state(truth[None], tf.one_hot(tf.cast(pseudo, tf.int32), dataset.num_classes)[None])
     per_class = miou.per_class_iou()
-    return len(keys), float(miou.result()), per_class
+    return len(pairs), float(miou.result()), per_class
 
 
 def main(run_dirs):
@@ -37,11 +41,12 @@ def main(run_dirs):
         dataset = runner.load_dataset(cfg)
         print(f"{run_dir}  ({cfg.method}, {cfg.dataset} {cfg.split})")
         print("  stage                 images  pseudo-label mIoU  per class")
-        for stage in sorted(os.listdir(run_dir)):
-            if os.path.isfile(os.path.join(run_dir, stage, "labels.txt")):
-                count, value, per_class = stage_quality(os.path.join(run_dir, stage), dataset)
-                classes = " ".join("-" if np.isnan(v) else f"{100 * v:.0f}" for v in per_class)
-                print(f"  {stage:20s}  {count:6d}  {100 * value:17.2f}  {classes}")
+        stages = [s for s in sorted(os.listdir(run_dir)) if os.path.isfile(os.path.join(run_dir, s, "labels.txt"))]
+        rows = [(stage, [stage]) for stage in stages] + ([("all together", stages)] if len(stages) > 1 else [])
+        for name, group in rows:
+            count, value, per_class = stage_quality([os.path.join(run_dir, s) for s in group], dataset)
+            classes = " ".join("-" if np.isnan(v) else f"{100 * v:.0f}" for v in per_class)
+            print(f"  {name:20s}  {count:6d}  {100 * value:17.2f}  {classes}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -11,6 +13,8 @@ from tfsemiseg import runner
 from tfsemiseg.data import build_dataset, pipeline
 from tfsemiseg.methods import st
 from tfsemiseg.methods.st import SelfTraining, SelfTrainingPlus, split_reliable, stability_scores
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_stability_score_by_hand():
@@ -115,27 +119,36 @@ def test_st_needs_unlabeled_images(tmp_path):
         SelfTraining(cfg, build_dataset("synthetic", split="full"), tf.distribute.get_strategy())
 
 
+TINY = dict(image_size=32, crop_size=32, batch_size=4, iterations=6, steps_per_epoch=2, student_iterations=4,
+            eval_batch_size=64, tta_scales=(0.75, 1.5))
+
+
 def tiny(method, workdir):
-    return configs.get_config(method, "synthetic").replace(
-        workdir=str(workdir), image_size=32, crop_size=32, batch_size=4, iterations=6, steps_per_epoch=2,
-        student_iterations=4, eval_batch_size=64)
+    return configs.get_config(method, "synthetic").replace(workdir=str(workdir), **TINY)
 
 
-def test_st_end_to_end(tmp_path):
-    cfg = tiny("st", tmp_path / "run")
-    metrics = runner.train(cfg, verbose=0)
+def test_st_end_to_end_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    sets = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--method=st",
+                           "--dataset=synthetic", f"--workdir={run}", "--verbose=0", *sets],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage 1_teacher: val mIoU" in proc.stdout and "stage 3_student: val mIoU" in proc.stdout
+    cfg = tiny("st", run)
+    assert runner.load_run(str(run))[0] == cfg
+    metrics = json.load(open(run / "metrics.json"))
     assert set(metrics["stages"]) == {"1_teacher", "2_pseudo_label", "3_student"}
     assert 0.0 <= metrics["miou"] <= 1.0 and metrics["steps"] == 4  # the student's
-    assert metrics == json.load(open(tmp_path / "run" / "metrics.json"))
 
-    labels = tmp_path / "run" / "2_pseudo_label"
+    labels = run / "2_pseudo_label"
     dataset = runner.load_dataset(cfg)
     pseudo = sorted(p for p in os.listdir(labels) if p.endswith(".png"))
     assert len(pseudo) == len(dataset.unlabeled) == 480
     png = tf.io.decode_png(tf.io.read_file(str(labels / pseudo[0]))).numpy()
     assert png.shape == (32, 32, 1) and png.max() < dataset.num_classes
     # The pseudo-labels are the teacher's TTA predictions.
-    teacher = keras.saving.load_model(tmp_path / "run" / "1_teacher" / "final" / "segmenter.keras")
+    teacher = keras.saving.load_model(run / "1_teacher" / "final" / "segmenter.keras")
     first_key = st._read_keys(labels / "keys.txt")[0]
     first_png = (labels / "labels.txt").read_text().split()[0]
     image = dataset.relabeled([first_key], [str(labels / first_png)])
@@ -146,9 +159,9 @@ def test_st_end_to_end(tmp_path):
     assert agree > 0.99
 
     # Evaluate / export / predict find the student at the top of the run.
-    assert runner.evaluate(str(tmp_path / "run"))["miou"] == pytest.approx(metrics["miou"], abs=1e-6)
+    assert runner.evaluate(str(run))["miou"] == pytest.approx(metrics["miou"], abs=1e-6)
     for event_dir in ("1_teacher/train", "2_pseudo_label/images", "3_student/train"):
-        assert os.listdir(tmp_path / "run" / "logs" / event_dir), event_dir
+        assert os.listdir(run / "logs" / event_dir), event_dir
 
 
 def test_stpp_resumes_after_an_interruption_and_skips_finished_stages(tmp_path, monkeypatch):

@@ -232,6 +232,8 @@ class SelfTraining:
         result = json.load(open(os.path.join(final_dir, "metrics.json")))
         stages = {}
         for name in sorted(os.listdir(self.workdir)):
+            if not name[:1].isdigit() or name.endswith(".tmp"):
+                continue
             for file, keys in (("metrics.json", ("miou", "train_seconds")), ("summary.json", ("seconds",))):
                 path = os.path.join(self.workdir, name, file)
                 if os.path.isfile(path):
