@@ -24,7 +24,7 @@ from tfsemiseg import runner
 method, distribute, mixed, workdir = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
 cfg = configs.get_config(method, "synthetic").replace(
     workdir=workdir, iterations=4, steps_per_epoch=2, crop_size=32, batch_size=4, distribute=distribute,
-    mixed_precision=mixed, semi_start=2)
+    mixed_precision=mixed, semi_start=2, student_iterations=4, tta_scales=(1.0,), image_size=32)
 strategy = runner.make_strategy(distribute)
 metrics = runner.train(cfg, verbose=0)
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "miou": metrics["miou"],
@@ -40,7 +40,7 @@ def run(method, distribute, mixed, tmp_path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["suponly", "alss"])
+@pytest.mark.parametrize("method", ["suponly", "alss", "st"])
 def test_mirrored_strategy_on_two_logical_cpus(method, tmp_path):
     out = run(method, "mirrored", False, tmp_path)
     assert out["replicas"] == 2 and 0.0 <= out["miou"] <= 1.0
