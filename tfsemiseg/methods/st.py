@@ -30,6 +30,12 @@ the pseudo-labels of a few images next to the images. The last student is also s
 export and predict work as for any run.
 
     python scripts/train.py --method=stpp --dataset=synthetic
+
+Where this differs from the official code: every stage uses its final model, not the one with
+the best val mIoU (val is the test set; the author calls the final epoch comparable, ST-PlusPlus
+issues #7 and #30); each stage is initialised from seed `cfg.seed + <stage number>`; images of
+different sizes are zero-padded to a common size within an inference batch (the official code
+labels one image at a time).
 """
 
 import dataclasses
