@@ -3,7 +3,10 @@
 Only for datasets whose unlabeled images do have labels on disk (e.g. CamVid's train split, where
 the semi-supervised split hides them): the training never reads them, this script does.
 
-    python benchmarks/pseudo_label_quality.py /work/runs/stpp_camvid_1_8 [more run dirs]
+    python benchmarks/pseudo_label_quality.py /work/runs/stpp_camvid_1_8 [more run dirs] [--focus=fence]
+
+With --focus=<class>, also that class's recall and precision in the pseudo-labels, and its share of
+pseudo-labeled pixels against its share of ground-truth pixels.
 """
 
 import os
@@ -31,11 +34,17 @@ def stage_quality(stage_dirs, dataset):
         truth = io.read_label(truth_path, dataset.num_classes, dataset.ignore_value)
         pseudo = io.read_label(pseudo_path, dataset.num_classes)
         miou.update_state(truth[None], tf.one_hot(tf.cast(pseudo, tf.int32), dataset.num_classes)[None])
-    per_class = miou.per_class_iou()
-    return len(pairs), float(miou.result()), per_class
+    return len(pairs), float(miou.result()), miou
 
 
-def main(run_dirs):
+def focus_report(miou, index):
+    cm = np.asarray(miou.total_cm, np.float64)  # rows: ground truth, columns: pseudo-label
+    tp = cm[index, index]
+    return (f"recall {100 * tp / cm[index].sum():.0f}, precision {100 * tp / cm[:, index].sum():.0f}, "
+            f"pixels {100 * cm[:, index].sum() / cm.sum():.2f} % (truth {100 * cm[index].sum() / cm.sum():.2f} %)")
+
+
+def main(run_dirs, focus=None):
     for run_dir in run_dirs:
         cfg, _ = runner.load_run(run_dir)
         dataset = runner.load_dataset(cfg)
@@ -44,10 +53,13 @@ def main(run_dirs):
         stages = [s for s in sorted(os.listdir(run_dir)) if os.path.isfile(os.path.join(run_dir, s, "labels.txt"))]
         rows = [(stage, [stage]) for stage in stages] + ([("all together", stages)] if len(stages) > 1 else [])
         for name, group in rows:
-            count, value, per_class = stage_quality([os.path.join(run_dir, s) for s in group], dataset)
-            classes = " ".join("-" if np.isnan(v) else f"{100 * v:.0f}" for v in per_class)
+            count, value, miou = stage_quality([os.path.join(run_dir, s) for s in group], dataset)
+            classes = " ".join("-" if np.isnan(v) else f"{100 * v:.0f}" for v in miou.per_class_iou())
             print(f"  {name:20s}  {count:6d}  {100 * value:17.2f}  {classes}")
+            if focus:
+                print(f"  {'':20s}  {focus}: {focus_report(miou, dataset.class_names.index(focus))}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    focus = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--focus=")]
+    main([a for a in sys.argv[1:] if not a.startswith("--")], focus[0] if focus else None)
