@@ -46,6 +46,8 @@ def focus_report(miou, index):
 
 def main(run_dirs, focus=None):
     for run_dir in run_dirs:
+        if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
+            continue  # not a finished run (e.g. a log file matched by a glob)
         cfg, _ = runner.load_run(run_dir)
         dataset = runner.load_dataset(cfg)
         print(f"{run_dir}  ({cfg.method}, {cfg.dataset} {cfg.split})")
