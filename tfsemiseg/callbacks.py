@@ -45,26 +45,6 @@ class DiscriminatorLearningRate(keras.callbacks.Callback):
             logs["d_learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-class SaveSegmenterAt(keras.callbacks.Callback):
-    """Saves `model.segmenter` at the end of the given (1-based) epochs as `<directory>/epoch_<n>.keras`:
-    the teacher snapshots whose predictions ST++ compares."""
-
-    def __init__(self, epochs, directory):
-        super().__init__()
-        self.epochs, self.directory = set(epochs), directory
-
-    @staticmethod
-    def path(directory, epoch):
-        return os.path.join(directory, f"epoch_{epoch}.keras")
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 in self.epochs:
-            os.makedirs(self.directory, exist_ok=True)
-            tmp = os.path.join(self.directory, f"epoch_{epoch + 1}.tmp.keras")
-            self.model.segmenter.save(tmp)
-            os.replace(tmp, self.path(self.directory, epoch + 1))
-
-
 class SegmentationImages(keras.callbacks.Callback):
     """Writes a few fixed images to TensorBoard after every epoch: input, ground truth and the
     maps of `model.visualize` (prediction, and e.g. ALSS's confidence map and semi mask).

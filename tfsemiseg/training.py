@@ -52,6 +52,30 @@ def save_segmenter(segmenter, path):
     os.replace(tmp, path)
 
 
+def epochs_and_steps(cfg):
+    """(epochs, steps_per_epoch) of a fit of `cfg.iterations`: Keras epochs are the logging,
+    checkpoint and evaluation cadence."""
+    steps_per_epoch = min(cfg.steps_per_epoch, cfg.iterations)
+    return math.ceil(cfg.iterations / steps_per_epoch), steps_per_epoch
+
+
+class SaveSegmenterAt(keras.callbacks.Callback):
+    """Saves `model.segmenter` at the end of the given (1-based) epochs as `<directory>/epoch_<n>.keras`
+    (ST++'s teacher snapshots). `ModelCheckpoint` saves every epoch or every N batches, not at chosen epochs."""
+
+    def __init__(self, epochs, directory):
+        super().__init__()
+        self.epochs, self.directory = set(epochs), directory
+
+    @staticmethod
+    def path(directory, epoch):
+        return os.path.join(directory, f"epoch_{epoch}.keras")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 in self.epochs:
+            save_segmenter(self.model.segmenter, self.path(self.directory, epoch + 1))
+
+
 def set_precision(mixed_precision):
     """mixed_float16 on GPU, mixed_bfloat16 on CPU (float16 kernels are slow there)."""
     if mixed_precision:
@@ -92,8 +116,7 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
     TensorBoard logs go to `log_dir` (default `stage_dir/logs`). Returns the metrics it
     writes to `stage_dir/metrics.json`.
     """
-    steps_per_epoch = min(cfg.steps_per_epoch, cfg.iterations)
-    epochs = math.ceil(cfg.iterations / steps_per_epoch)
+    epochs, steps_per_epoch = epochs_and_steps(cfg)
     log_dir = log_dir or os.path.join(stage_dir, "logs")
     throughput = callbacks_lib.Throughput(cfg.batch_size)
     os.makedirs(os.path.join(stage_dir, "checkpoints"), exist_ok=True)

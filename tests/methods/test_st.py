@@ -11,6 +11,7 @@ import tensorflow as tf
 import configs
 from tfsemiseg import runner
 from tfsemiseg.data import build_dataset, pipeline
+from tests.conftest import write_image
 from tfsemiseg.methods import st
 from tfsemiseg.methods.st import SelfTraining, SelfTrainingPlus, split_reliable, stability_scores
 
@@ -82,13 +83,16 @@ def test_pseudo_labels_are_written_at_each_images_size_on_disk(tmp_path):
 
 
 def test_inference_stream_pads_and_reports_sizes(camvid_tree):
-    dataset = build_dataset("camvid", str(camvid_tree), "full")
+    # f002 (the first unlabeled image of split 1_4) is made smaller than the others (24 x 32).
+    write_image(os.path.join(camvid_tree, "train", "f002.png"), height=16, width=20)
+    dataset = build_dataset("camvid", camvid_tree, "1_4")
     cfg = configs.get_config("st", "camvid").replace(image_scale=0.5, eval_batch_size=2)
-    batch = next(iter(pipeline.inference_stream(dataset, cfg, "labeled")))
-    h, w = batch["image"].shape[1:3]
-    size = batch["size"].numpy()
-    assert (h, w) == (round(size[0][0] * 0.5), round(size[0][1] * 0.5))
-    assert batch["valid"].numpy().all()
+    batch = next(iter(pipeline.inference_stream(dataset, cfg, "unlabeled")))
+    assert batch["image"].shape[1:3] == (12, 16)  # the larger image, at half scale
+    np.testing.assert_array_equal(batch["size"].numpy(), [[16, 20], [24, 32]])
+    valid = batch["valid"].numpy()
+    assert valid[0, :8, :10].all() and not valid[0, 8:].any() and not valid[0, :, 10:].any()
+    assert valid[1].all()
 
 
 def test_paper_schedule_counts_epochs_over_each_stage_list(tmp_path):

@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg import metrics, training
-from tfsemiseg.callbacks import SaveSegmenterAt, SegmentationImages
+from tfsemiseg.callbacks import SegmentationImages
 from tfsemiseg.data import augment, pipeline
 from tfsemiseg.data.io import IGNORE_LABEL
 from tfsemiseg.inference import padded_logits, tta_scores
@@ -67,11 +67,14 @@ def stability_scores(earlier, final, num_classes, valid=None):
     return tf.add_n([metrics.per_image_miou(p, reference, num_classes) for p in earlier]) / len(earlier)
 
 
+def rank(scores):
+    """Indices of `scores` from the highest to the lowest; ties keep their order."""
+    return np.argsort(-np.asarray(scores, np.float64), kind="stable")
+
+
 def split_reliable(keys, scores, fraction=0.5):
-    """(reliable, unreliable): `keys` ranked by decreasing score (ties keep key order); the first
-    floor(fraction * N) are reliable."""
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    ranked = [keys[i] for i in order]
+    """(reliable, unreliable): `keys` ranked by decreasing score; the first floor(fraction * N) are reliable."""
+    ranked = [keys[i] for i in rank(scores)]
     count = int(len(keys) * fraction)
     return ranked[:count], ranked[count:]
 
@@ -161,8 +164,9 @@ class SelfTraining:
             model = SupOnly.create(cfg, self.dataset.num_classes)
         log_dir = os.path.join(self.workdir, "logs", stage)
         callbacks = SupOnly.extra_callbacks(model, self.dataset, cfg, log_dir)
-        if not pseudo and self.snapshot_epochs(cfg):
-            callbacks.append(SaveSegmenterAt(self.snapshot_epochs(cfg), os.path.join(stage_dir, "snapshots")))
+        if not pseudo:
+            snapshots = os.path.join(stage_dir, "snapshots")
+            callbacks.append(training.SaveSegmenterAt(self.snapshot_epochs(cfg), snapshots))  # none for ST
         data_paths = self.dataset.paths("labeled")
         if pseudo:
             relabeled = self.dataset.relabeled(*map(list, zip(*pseudo)))
@@ -270,15 +274,14 @@ class SelfTrainingPlus(SelfTraining):
 
     def __init__(self, cfg, dataset, strategy, verbose=1):
         super().__init__(cfg, dataset, strategy, verbose)
-        teacher = self.stage_config("1_teacher", 0)
-        epochs = math.ceil(teacher.iterations / min(teacher.steps_per_epoch, teacher.iterations))
+        epochs, steps = training.epochs_and_steps(self.stage_config("1_teacher", 0))
         if epochs < 3:
             raise ValueError(f"ST++ compares teacher checkpoints saved at 1/3 and 2/3 of its epochs, but the "
-                             f"teacher trains {epochs} epoch(s) of {teacher.steps_per_epoch} steps. Lower "
+                             f"teacher trains {epochs} epoch(s) of {steps} steps. Lower "
                              "steps_per_epoch (--set steps_per_epoch=N) or raise --iterations.")
 
     def snapshot_epochs(self, cfg):
-        epochs = math.ceil(cfg.iterations / min(cfg.steps_per_epoch, cfg.iterations))
+        epochs, _ = training.epochs_and_steps(cfg)
         return (epochs // 3, 2 * epochs // 3)
 
     def stages(self):
@@ -300,7 +303,7 @@ class SelfTrainingPlus(SelfTraining):
             self.say(f"{stage}: scoring the stability of {len(keys)} unlabeled images")
             snapshots = os.path.join(teacher_dir, "snapshots")
             teacher_cfg = self.stage_config("1_teacher", 0)
-            earlier = [keras.saving.load_model(SaveSegmenterAt.path(snapshots, epoch))
+            earlier = [keras.saving.load_model(training.SaveSegmenterAt.path(snapshots, epoch))
                        for epoch in self.snapshot_epochs(teacher_cfg)]
             final, num_classes = self.load(teacher_dir), self.dataset.num_classes
 
@@ -312,8 +315,8 @@ class SelfTrainingPlus(SelfTraining):
 
             scores = np.concatenate([score(b["image"], b["valid"]).numpy() for b in self.batches(keys)])
             reliable, unreliable = split_reliable(keys, scores, self.cfg.reliable_fraction)
+            order = rank(scores)
             with training.atomic_dir(out) as tmp:
-                order = np.argsort(-scores, kind="stable")
                 with open(os.path.join(tmp, "scores.txt"), "w") as f:
                     f.writelines(f"{scores[i]:.6f}\t{_key_to_text(keys[i])}\n" for i in order)
                 _write_keys(os.path.join(tmp, "reliable.txt"), reliable)
