@@ -11,11 +11,16 @@ four stage outputs are exposed as Identity layers named `c1`..`c4` (strides 4, 8
 for decoders, Grad-CAM and hypercolumns.
 
 `tiny` and `small` are basic-block ResNets for tests, the demo and CPU-sized runs.
+
+`backbone_features`, `normalization_mode` and `load_weights` are the entry points for every
+backbone name, the ResNets here and EfficientNet-Lite (`efficientnet_lite.py`).
 """
 
 import keras
-import tensorflow as tf
 from keras import layers
+
+from tfsemiseg.models import efficientnet_lite
+from tfsemiseg.models.normalization import ImageNormalization  # noqa: F401  (re-exported)
 
 SPECS = {
     # name: (block type, blocks per stage, widths per stage, stem width)
@@ -26,36 +31,6 @@ SPECS = {
 }
 APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101"}
 BN_EPSILON = 1.001e-5
-
-
-@keras.saving.register_keras_serializable("tfsemiseg")
-class ImageNormalization(layers.Layer):
-    """Maps raw RGB pixels in [0, 255] to what a backbone's weights expect.
-
-    `caffe`: RGB -> BGR minus the ImageNet mean (keras.applications ResNet, DeepLab-v2);
-    `torch`: x / 255, minus mean, over std (torchvision, ST++ / UniMatch).
-    The one place where normalisation happens: datasets and exported models take raw pixels.
-    """
-
-    MEAN = (0.485, 0.456, 0.406)
-    STD = (0.229, 0.224, 0.225)
-
-    def __init__(self, mode="caffe", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("caffe", "torch"):
-            raise ValueError(f"ImageNormalization mode must be 'caffe' or 'torch', got {mode!r}")
-        self.mode = mode
-
-    def call(self, x):
-        x = tf.cast(x, self.compute_dtype)
-        if self.mode == "caffe":
-            return x[..., ::-1] - tf.constant([103.939, 116.779, 123.68], self.compute_dtype)
-        mean = tf.constant([255.0 * m for m in self.MEAN], self.compute_dtype)
-        std = tf.constant([255.0 * s for s in self.STD], self.compute_dtype)
-        return (x - mean) / std
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
 
 
 def _conv_bn(x, filters, kernel, name, stride=1, dilation=1, use_bias=True, relu=True):
@@ -129,6 +104,33 @@ def resnet(x, name="resnet101", output_stride=8, use_bias=True):
     return outputs
 
 
+def names():
+    return sorted(SPECS) + sorted(efficientnet_lite.VARIANTS)
+
+
+def backbone_features(x, name, output_stride=8, use_bias=True):
+    """[c1, c2, c3, c4] of backbone `name` (strides 4, 8, 16, 32 before dilation) on normalised `x`."""
+    if name in efficientnet_lite.VARIANTS:
+        return efficientnet_lite.efficientnet_lite(x, name, output_stride)
+    if name not in SPECS:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {names()}.")
+    return resnet(x, name, output_stride, use_bias=use_bias)
+
+
+def normalization_mode(name):
+    """How images are normalised for backbone `name`: as its ImageNet weights were trained."""
+    if name in efficientnet_lite.VARIANTS:
+        return "lite"
+    return "caffe" if name in APPLICATIONS else "torch"
+
+
+def load_weights(model, name, weights="imagenet"):
+    """Pretrained weights into the backbone layers of `model`; returns the number of layers copied."""
+    if name in efficientnet_lite.VARIANTS:
+        return efficientnet_lite.load_imagenet_weights(model, name, weights)
+    return load_imagenet_weights(model, name, weights)
+
+
 def load_imagenet_weights(model, name="resnet101", weights="imagenet"):
     """Copy `keras.applications.<ResNet>(weights=weights)` into the backbone layers of `model`.
 
@@ -136,8 +138,9 @@ def load_imagenet_weights(model, name="resnet101", weights="imagenet"):
     file saved from the keras.applications model. Returns the number of layers copied.
     """
     if name not in APPLICATIONS:
-        raise ValueError(f"No keras.applications ImageNet weights for backbone {name!r}; "
-                         f"use one of {sorted(APPLICATIONS)} or backbone_weights=None.")
+        raise ValueError(f"No ImageNet weights for backbone {name!r}; use one of "
+                         f"{sorted(APPLICATIONS) + sorted(efficientnet_lite.VARIANTS)}, or --backbone_weights='' "
+                         "to train from scratch.")
     reference = getattr(keras.applications, APPLICATIONS[name])(
         include_top=False, weights=weights, input_shape=(None, None, 3))
     copied = 0

@@ -23,9 +23,11 @@ def build_segmenter(arch, backbone, num_classes, output_stride=8, backbone_weigh
 
     Args:
         arch: "deeplabv2" (ASPP-sum classifier, Chen et al. 2017), "deeplabv3plus" or "pspnet".
-        backbone: "resnet50", "resnet101", "small" or "tiny" (see `backbones.SPECS`).
+        backbone: "resnet50", "resnet101", "small", "tiny" (see `backbones.SPECS`) or
+            "efficientnet_lite0" / "_lite1" / "_lite2" (`efficientnet_lite.VARIANTS`).
         output_stride: 8 or 16 (DeepLab-v2 and PSPNet use 8).
-        backbone_weights: None, "imagenet" or a path to keras.applications ResNet weights.
+        backbone_weights: None, "imagenet", or a file: keras.applications ResNet weights, or the
+            legacy PyTorch state dict of an EfficientNet-Lite (read without torch).
         freeze_bn: run the backbone's BatchNorm in inference mode with frozen parameters
             (the DeepLab-v2 setup, for pretrained backbones and small batches).
         use_bias: biases in backbone convolutions (keras.applications has them, Caffe does not).
@@ -36,9 +38,8 @@ def build_segmenter(arch, backbone, num_classes, output_stride=8, backbone_weigh
     if arch not in ARCHS:
         raise ValueError(f"Unknown arch {arch!r}; choose one of {ARCHS}.")
     inputs = keras.Input((None, None, 3), name="image")
-    mode = "caffe" if backbone in backbones.APPLICATIONS else "torch"
-    x = backbones.ImageNormalization(mode, name="normalize")(inputs)
-    c1, _, _, c4 = backbones.resnet(x, backbone, output_stride, use_bias=use_bias)
+    x = backbones.ImageNormalization(backbones.normalization_mode(backbone), name="normalize")(inputs)
+    c1, _, _, c4 = backbones.backbone_features(x, backbone, output_stride, use_bias=use_bias)
     if arch == "deeplabv2":
         logits = heads.aspp_v2(c4, num_classes, aspp_rates or (6, 12, 18, 24))
     elif arch == "deeplabv3plus":
@@ -51,7 +52,7 @@ def build_segmenter(arch, backbone, num_classes, output_stride=8, backbone_weigh
     logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
     model = keras.Model(inputs, logits, name=name or f"{arch}_{backbone}")
     if backbone_weights:
-        backbones.load_imagenet_weights(model, backbone, backbone_weights)
+        backbones.load_weights(model, backbone, backbone_weights)
     if freeze_bn:
         for layer in model.layers:
             if isinstance(layer, layers.BatchNormalization) and not layer.name.startswith("head_"):
