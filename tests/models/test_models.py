@@ -44,7 +44,7 @@ def test_imagenet_weights_load_from_a_local_file_into_the_dilated_network(tmp_pa
 
 
 def test_no_imagenet_weights_for_tiny():
-    with pytest.raises(ValueError, match="No keras.applications ImageNet weights"):
+    with pytest.raises(ValueError, match="No ImageNet weights for backbone"):
         build_segmenter("deeplabv2", "tiny", 5, backbone_weights="imagenet")
 
 
@@ -91,3 +91,11 @@ def test_discriminator_parameter_count_and_output_shape():
     assert disc.count_params() == 2_783_169
     out = disc(np.zeros((2, 41, 57, 21), "float32"))
     assert out.shape == (2, 41, 57, 1)
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "efficientnet_lite0"])
+def test_every_endpoint_is_in_the_model(backbone):
+    """c2 and c3 feed no head, yet PseudoSeg's hypercolumn and Grad-CAM read them by name."""
+    model = build_segmenter("deeplabv2", backbone, 3, output_stride=16, aspp_rates=(1, 2))
+    c1, c2, c3, c4 = feature_extractor(model, ("c1", "c2", "c3", "c4"))(np.zeros((1, 64, 64, 3), "float32"))
+    assert [c.shape[1] for c in (c1, c2, c3, c4)] == [16, 8, 4, 4]

@@ -100,7 +100,8 @@ def resnet(x, name="resnet101", output_stride=8, use_bias=True):
             x = block_fn(x, width, stride if i == 0 else 1, dilation, shortcut_conv,
                          f"conv{stage + 2}_block{i + 1}", use_bias)
             in_width = out_width
-        outputs.append(layers.Identity(name=f"c{stage + 1}")(x))
+        x = layers.Identity(name=f"c{stage + 1}")(x)  # on the path, so every endpoint is in the model
+        outputs.append(x)
     return outputs
 
 

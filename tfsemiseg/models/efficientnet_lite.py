@@ -114,7 +114,8 @@ def efficientnet_lite(x, name="efficientnet_lite0", output_stride=32):
         x = _mbconv(x, index, kernel, stride, layer_dilation, expansion, in_width, out_width)
         last_of_stage = index + 1 == len(specs) or specs[index + 1][5] != stage
         if last_of_stage and stage in ENDPOINTS:
-            outputs.append(layers.Identity(name=ENDPOINTS[stage])(x))
+            x = layers.Identity(name=ENDPOINTS[stage])(x)  # on the path, so every endpoint is in the model
+            outputs.append(x)
     return outputs
 
 
