@@ -51,6 +51,18 @@ class SegmentationMethod(keras.Model):
         """Callbacks a run adds to Keras' own: TensorBoard images of `visualize` for a few val images."""
         return [SegmentationImages.from_dataset(dataset, cfg, log_dir)]
 
+    def compile(self, optimizer=None, **kwargs):
+        """Keras' compile, with the segmenter's optimizer built on the segmenter's variables now.
+
+        Built here, under the strategy scope, on exactly the variables `update_segmenter` steps.
+        Left lazy, a resumed run would build it when restoring the backup, on *all* the model's
+        trainable variables (ALSS's discriminator included): a different variable count, so Keras
+        skipped the saved optimizer state and the run silently restarted its LR schedule.
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        if optimizer is not None:
+            self.optimizer.build(self.segmenter.trainable_variables)
+
     def call(self, images, training=False):
         return self.segmenter(images, training=training)
 
