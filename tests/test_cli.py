@@ -71,3 +71,20 @@ def test_alss_with_xla(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.load(open(os.path.join(workdir, "config.json")))["jit_compile"] is True
     assert json.load(open(os.path.join(workdir, "metrics.json")))["method"] == "alss"
+
+
+@pytest.mark.parametrize("subset,name", [("val", "v001.png"), ("train", "f001.png")])
+def test_a_bad_label_is_named_before_training(camvid_tree, tmp_path, subset, name):
+    """Regression: the CLI printed only 'Graph execution error:', and val files were read after training."""
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.full((24, 32), 300, np.uint16)).save(os.path.join(camvid_tree, f"{subset}annot", name))
+    workdir = str(tmp_path / "cv")
+    proc = run("train.py", "--method=alss", "--dataset=camvid", f"--data_dir={camvid_tree}", "--split=1_4",
+               f"--workdir={workdir}", "--iterations=2", "--set", "steps_per_epoch=2", "--set", "crop_size=32",
+               "--set", "batch_size=2", "--set", "image_scale=1", "--verbose=0")
+    assert proc.returncode != 0
+    assert f"16-bit label with values above 255: {camvid_tree}/{subset}annot/{name}" in proc.stderr
+    assert "Graph execution error" not in proc.stderr
+    assert not os.path.exists(os.path.join(workdir, "backup"))  # no training started

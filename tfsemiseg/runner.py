@@ -54,6 +54,7 @@ def train(cfg, verbose=1):
     os.makedirs(cfg.workdir, exist_ok=True)
     _check_resume(cfg)
     dataset = load_dataset(cfg)
+    dataset.verify(["labeled", "unlabeled", cfg.eval_split] if dataset.unlabeled else ["labeled", cfg.eval_split])
     atomic_write(os.path.join(cfg.workdir, "config.json"), cfg.to_json())
 
     method = get_method(cfg.method)

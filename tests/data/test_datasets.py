@@ -149,3 +149,67 @@ def test_unknown_eval_split_is_named(camvid_tree):
     ds = build_dataset("camvid", camvid_tree, "1_4")
     with pytest.raises(DataError, match="no split 'test'.*--eval_split"):
         ds.keys("test")
+
+
+# -- labels read as they are, or refused with the file's name (never silently misread) --------------
+
+def _camvid_label(camvid_tree, name="v002.png"):
+    return os.path.join(camvid_tree, "valannot", name)
+
+
+def _val_labels(camvid_tree):
+    ds = build_dataset("camvid", camvid_tree, "1_4")
+    with explain_data_errors(ds.paths("val")):
+        return [ex["label"].numpy() for ex in ds.examples("val")]
+
+
+def test_16_bit_label_is_read_by_value(camvid_tree):
+    from PIL import Image
+
+    label = np.tile(np.arange(12, dtype=np.uint16), (24, 3))[:, :32]  # 0..10 and the void 11
+    Image.fromarray(label).save(_camvid_label(camvid_tree))
+    read = _val_labels(camvid_tree)[2]
+    np.testing.assert_array_equal(read, np.where(label == 11, IGNORE_LABEL, label))
+
+
+def test_16_bit_label_above_255_is_refused(camvid_tree):
+    from PIL import Image
+
+    Image.fromarray(np.full((24, 32), 300, np.uint16)).save(_camvid_label(camvid_tree))
+    with pytest.raises(DataError, match=r"16-bit label with values above 255.*v002.png"):
+        _val_labels(camvid_tree)
+
+
+def test_grey_rgb_label_is_read_as_indices(camvid_tree):
+    from PIL import Image
+
+    label = np.tile(np.arange(11, dtype=np.uint8), (24, 3))[:, :32]
+    Image.fromarray(np.repeat(label[..., None], 3, axis=-1), mode="RGB").save(_camvid_label(camvid_tree))
+    np.testing.assert_array_equal(_val_labels(camvid_tree)[2], label)
+
+
+def test_colour_label_outside_voc_is_refused(camvid_tree):
+    label = np.tile(np.arange(11, dtype=np.uint8), (24, 3))[:, :32]
+    write_label(_camvid_label(camvid_tree), label, palette=VOC_COLORMAP.astype(np.uint8).ravel().tolist())
+    with pytest.raises(DataError, match=r"Colour label.*v002.png.*single-channel"):
+        _val_labels(camvid_tree)
+
+
+def test_voc_label_with_colours_outside_its_palette_is_refused(voc_tree):
+    palette = VOC_COLORMAP.astype(np.uint8).copy()
+    palette[15] = (1, 2, 3)  # not a VOC colour
+    write_label(os.path.join(voc_tree, "SegmentationClassAug", "2007_000000.png"), np.full((24, 32), 15, np.uint8),
+                palette=palette.ravel().tolist())
+    ds = build_dataset("voc", voc_tree, "1464")
+    with pytest.raises(DataError, match=r"outside the VOC palette.*2007_000000.png"):
+        with explain_data_errors(ds.paths("labeled")):
+            first(ds.examples("labeled"))
+
+
+def test_jpeg_label_is_refused(camvid_tree):
+    from PIL import Image
+
+    path = _camvid_label(camvid_tree)
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(path, format="JPEG")
+    with pytest.raises(DataError, match=r"Label is not a PNG.*v002.png"):
+        _val_labels(camvid_tree)

@@ -105,6 +105,7 @@ class SegDataset:
 
     def _decoder(self, with_label):
         num_classes, ignore_value = self.num_classes, self.ignore_value
+        voc_palette = self.name == "voc"  # VOC's SegmentationClass PNGs are in its palette
         if self.synthetic:
             seed, size = self.seed, self.image_size
 
@@ -119,9 +120,19 @@ class SegDataset:
 
         def decode(image_path, label_path):
             if with_label:
-                return io.read_pair(image_path, label_path, num_classes, ignore_value)
+                return io.read_pair(image_path, label_path, num_classes, ignore_value, voc_palette)
             return {"image": io.read_image(image_path)}
         return decode
+
+    def verify(self, subsets):
+        """Decode every file of `subsets` once, with all the checks of training (a tf.data pass, no
+        model), so a bad file fails before training rather than hours into it. Raises DataError."""
+        if self.synthetic:
+            return
+        for subset in subsets:
+            ds = self.examples(subset, with_label=subset != "unlabeled")
+            with io.explain_data_errors(self.paths(subset)):
+                ds.map(lambda ex: tf.shape(ex["image"])[0]).reduce(0, lambda total, h: total + h)
 
     def relabeled(self, keys, label_files):
         """A dataset whose labeled set is the images of `keys` with the labels in `label_files`

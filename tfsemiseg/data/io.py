@@ -12,6 +12,7 @@ the pipeline; a file that TensorFlow cannot decode (truncated, corrupt body) is 
 
 import contextlib
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -62,25 +63,73 @@ def read_image(path):
     return image
 
 
-def _palette_to_index(rgb):
-    """Map VOC-palette colours back to class indices (colours outside the palette become 255)."""
+def _palette_to_index(rgb, path):
+    """Map VOC-palette colours back to class indices; a colour outside the palette is an error."""
     indices = list(range(21)) + [255]
     palette = tf.constant(VOC_COLORMAP[indices], tf.int32)  # [22, 3]
     matches = tf.reduce_all(tf.cast(rgb, tf.int32)[..., None, :] == palette, axis=-1)  # [H, W, 22]
-    index = tf.gather(tf.constant(indices, tf.uint8), tf.argmax(matches, axis=-1))
-    return tf.where(tf.reduce_any(matches, axis=-1), index, tf.constant(255, tf.uint8))
+    known = tf.reduce_any(matches, axis=-1)
+    check = tf.debugging.Assert(
+        tf.reduce_all(known),
+        ["Colour label with colours outside the VOC palette:", path, "pixels:",
+         tf.reduce_sum(tf.cast(tf.logical_not(known), tf.int32)),
+         "Save class indices as a single-channel (grayscale) PNG, or VOC palette colours."])
+    with tf.control_dependencies([check]):
+        return tf.gather(tf.constant(indices, tf.uint8), tf.argmax(matches, axis=-1))
 
 
-def read_label(path, num_classes, ignore_value=IGNORE_LABEL):
+def _png_header(contents):
+    """(bit depth, colour type) from a PNG's IHDR chunk (bytes 24 and 25)."""
+    header = tf.io.decode_raw(tf.strings.substr(contents, 24, 2), tf.uint8)
+    return tf.cast(header[0], tf.int32), tf.cast(header[1], tf.int32)
+
+
+def read_label(path, num_classes, ignore_value=IGNORE_LABEL, voc_palette=False):
     """uint8 [H, W] class map; `ignore_value` on disk becomes IGNORE_LABEL.
 
-    Single-channel PNGs are read as indices. Colour PNGs (VOC's palette files, which
-    TensorFlow expands to RGB) are mapped back through the VOC palette.
+    What is unambiguous is decoded: 8- or 16-bit single-channel PNGs (16-bit values must be
+    below 256), and colour or palette PNGs whose pixels are all grey (R = G = B: the grey value is
+    the class). With `voc_palette` (VOC only), colour PNGs are mapped back through the VOC
+    palette. Anything else fails with the file's name: a JPEG label (compression changes
+    class values), a colour label outside the palette, values out of range.
     """
-    decoded = tf.io.decode_png(_read(path), channels=0)
-    label = tf.cond(tf.shape(decoded)[-1] == 1,
-                    lambda: decoded[..., 0],
-                    lambda: _palette_to_index(decoded[..., :3]))
+    contents = _read(path)
+    is_png = tf.debugging.Assert(
+        tf.equal(tf.strings.substr(contents, 0, 4), b"\x89PNG"),
+        ["Label is not a PNG (JPEG compression alters class values):", path,
+         "Save labels as single-channel PNGs of class indices."])
+    with tf.control_dependencies([is_png]):
+        bit_depth, _ = _png_header(contents)
+
+    def sixteen_bit():
+        wide = tf.io.decode_png(contents, channels=1, dtype=tf.uint16)[..., 0]
+        check = tf.debugging.Assert(
+            tf.reduce_max(wide) < 256,
+            ["16-bit label with values above 255:", path, "max:", tf.reduce_max(wide),
+             "Save class indices (and the ignore value) below 256."])
+        with tf.control_dependencies([check]):
+            return tf.cast(wide, tf.uint8)
+
+    def eight_bit():
+        decoded = tf.io.decode_png(contents, channels=0)  # palette PNGs come expanded to RGB(A)
+        if_grey = decoded[..., 0]
+        channels = tf.shape(decoded)[-1]
+
+        def colour():
+            rgb = decoded[..., :3]
+            grey = tf.reduce_all(tf.logical_and(rgb[..., 0] == rgb[..., 1], rgb[..., 1] == rgb[..., 2]))
+            if voc_palette:
+                return tf.cond(grey, lambda: rgb[..., 0], lambda: _palette_to_index(rgb, path))
+            check = tf.debugging.Assert(
+                grey,
+                ["Colour label (RGB, or a palette PNG whose colours are not grey):", path,
+                 "Save class indices as a single-channel (grayscale) PNG."])
+            with tf.control_dependencies([check]):
+                return tf.identity(rgb[..., 0])
+
+        return tf.cond(channels <= 2, lambda: if_grey, colour)  # 1 grey, 2 grey + alpha, 3/4 colour
+
+    label = tf.cond(bit_depth == 16, sixteen_bit, eight_bit)
     label.set_shape([None, None])
     label = tf.where(label == ignore_value, tf.constant(IGNORE_LABEL, tf.uint8), label)
     bad = tf.logical_and(label >= num_classes, label != IGNORE_LABEL)
@@ -97,10 +146,10 @@ def read_label(path, num_classes, ignore_value=IGNORE_LABEL):
     return label
 
 
-def read_pair(image_path, label_path, num_classes, ignore_value=IGNORE_LABEL):
+def read_pair(image_path, label_path, num_classes, ignore_value=IGNORE_LABEL, voc_palette=False):
     """{"image": uint8 [H, W, 3], "label": uint8 [H, W]} with a size check."""
     image = read_image(image_path)
-    label = read_label(label_path, num_classes, ignore_value)
+    label = read_label(label_path, num_classes, ignore_value, voc_palette)
     check = tf.debugging.Assert(
         tf.reduce_all(tf.shape(image)[:2] == tf.shape(label)),
         ["Image and label sizes differ:", image_path, tf.shape(image)[:2], label_path, tf.shape(label),
@@ -128,6 +177,14 @@ def find_unreadable(paths):
     return None
 
 
+def assertion_text(message):
+    """The text of a failed `tf.debugging.Assert` from a TF error message, eager or graph (where it
+    follows "Graph execution error:" and node names): "[a] [b] [c]" -> "a b c"."""
+    line = next(line for line in message.splitlines() if "assertion failed" in line)
+    text = line.split("assertion failed:", 1)[1].strip()
+    return re.sub(r"\[([^\[\]]*)\]", r"\1", text)
+
+
 @contextlib.contextmanager
 def explain_data_errors(paths):
     """Turn an anonymous decoding error raised by a tf.data pipeline into one naming the file.
@@ -138,7 +195,7 @@ def explain_data_errors(paths):
         yield
     except tf.errors.InvalidArgumentError as err:
         if "assertion failed" in err.message:
-            raise DataError(err.message.split("\n")[0]) from None
+            raise DataError(assertion_text(err.message)) from None
         bad = find_unreadable(paths)
         if bad is None:
             raise
