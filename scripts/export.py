@@ -1,7 +1,9 @@
 """Export the final model of a run as a SavedModel for TF Serving.
 
-    python scripts/export.py --workdir=runs/suponly_synthetic_1_16 --output=exported/segmenter/1
-    # serve: tensorflow_model_server --model_base_path=$PWD/exported/segmenter --model_name=segmenter
+    python scripts/export.py --workdir=runs/suponly_camvid_1_8 --output=exported/camvid/1
+    docker run -p 8501:8501 -v "$PWD/exported/camvid:/models/camvid" -e MODEL_NAME=camvid tensorflow/serving
+
+The run's preprocessing (image_scale, padding) is inside the SavedModel; see README "Serving".
 """
 
 import sys
@@ -13,18 +15,20 @@ from tfsemiseg import export, runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "directory of a finished train.py run", required=True)
-flags.DEFINE_string("output", None, "SavedModel directory (default: <workdir>/export/1)")
+flags.DEFINE_string("output", None, "SavedModel directory, a version folder (default: <workdir>/export/1)")
+flags.DEFINE_bool("overwrite", False, "replace an existing export directory")
 
 
 def main(argv):
     del argv
+    output = FLAGS.output or f"{FLAGS.workdir}/export/1"
     try:
-        _, segmenter = runner.load_run(FLAGS.workdir)
-    except FileNotFoundError as err:
+        cfg, segmenter = runner.load_run(FLAGS.workdir)
+        path = export.export_saved_model(segmenter, output, cfg.image_scale, overwrite=FLAGS.overwrite)
+    except (FileNotFoundError, export.ExportError) as err:
         sys.exit(f"error: {err}")
-    path = export.export_saved_model(segmenter, FLAGS.output or f"{FLAGS.workdir}/export/1")
-    print(f"SavedModel written to {path} (signature 'serve': images float32 [B,H,W,3] in [0,255] "
-          "-> logits, labels)")
+    print(f"SavedModel written to {path}. Signatures: serving_default (image_bytes: PNG/JPEG files -> classes, "
+          "confidence), serve_pixels (uint8 [B,H,W,3]), serve (float32 [B,H,W,3] -> logits, labels).")
 
 
 if __name__ == "__main__":

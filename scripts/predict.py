@@ -1,6 +1,10 @@
 """Predict label maps for image files with the final model of a run.
 
     python scripts/predict.py --workdir=runs/suponly_camvid_1_8 --output_dir=preds ../shared/data/camvid/val/*.png
+
+Writes `<output_dir>/<image name>.png` at each image's size, with the run's preprocessing (the
+same labels as the exported SavedModel). An unreadable image is named and skipped; the exit
+status is then 1.
 """
 
 import sys
@@ -21,10 +25,13 @@ def main(argv):
         raise app.UsageError("Give one or more image files.")
     try:
         cfg, segmenter = runner.load_run(FLAGS.workdir)
-    except FileNotFoundError as err:
+        written, failed = export.predict_files(segmenter, argv[1:], FLAGS.output_dir, FLAGS.colour, cfg.image_scale)
+    except (FileNotFoundError, OSError, export.ExportError) as err:
         sys.exit(f"error: {err}")
-    written = export.predict_files(segmenter, argv[1:], FLAGS.output_dir, FLAGS.colour, cfg.image_scale)
     print(f"{len(written)} prediction(s) written to {FLAGS.output_dir}")
+    for path, reason in failed:
+        print(f"error: cannot read {path} ({reason}); skipped", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,29 +1,93 @@
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.conftest import write_image
 from tfsemiseg import export
+from tfsemiseg.config import Config
 from tfsemiseg.models.segmenters import build_segmenter
+from tfsemiseg.training import save_segmenter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_saved_model_serves_raw_pixels_like_the_keras_model(tmp_path):
-    seg = build_segmenter("deeplabv3plus", "tiny", 4)
-    path = export.export_saved_model(seg, str(tmp_path / "segmenter" / "1"))
-    served = tf.saved_model.load(path).signatures["serve"]
-    images = tf.random.uniform([2, 40, 56, 3], 0, 255)
-    out = served(images=images)
-    np.testing.assert_allclose(out["logits"], seg(images, training=False), atol=1e-4)
-    assert out["labels"].shape == (2, 40, 56) and out["labels"].dtype == tf.int32
+def script(name, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
 
 
-def test_predict_files_writes_one_png_per_image(tmp_path):
+@pytest.fixture
+def run_dir(tmp_path):
+    """A finished run at image_scale 0.5 (as the CamVid setting): config.json + final/segmenter.keras."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(Config(dataset="camvid", image_scale=0.5).to_json())
+    save_segmenter(build_segmenter("deeplabv3plus", "tiny", 5), str(workdir / "final" / "segmenter.keras"))
+    return str(workdir)
+
+
+def test_serving_signatures_agree_with_predict_in_a_fresh_process(run_dir, tmp_path):
+    """Regression: the SavedModel ignored the run's image_scale (59 % agreement with predict.py)."""
+    images = []
+    for name, (h, w) in {"odd": (37, 53), "wide": (24, 71)}.items():
+        images.append(str(tmp_path / "in" / f"{name}.png"))
+        write_image(images[-1], h, w, seed=len(images))
+    export_dir = str(tmp_path / "served" / "1")
+    proc = script("export.py", f"--workdir={run_dir}", f"--output={export_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = script("predict.py", f"--workdir={run_dir}", f"--output_dir={tmp_path / 'pred'}", "--nocolour", *images)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    client = f"""
+import json, sys, numpy as np, tensorflow as tf
+model = tf.saved_model.load({export_dir!r})
+out = {{}}
+for path in {images!r}:
+    data = open(path, "rb").read()
+    by_bytes = model.signatures["serving_default"](image_bytes=tf.constant([data]))
+    pixels = tf.io.decode_png(data, channels=3)[None]
+    by_pixels = model.signatures["serve_pixels"](images=pixels)
+    by_float = model.signatures["serve"](images=tf.cast(pixels, tf.float32))
+    out[path] = dict(bytes=by_bytes["classes"].numpy()[0].tolist(), pixels=by_pixels["classes"].numpy()[0].tolist(),
+                     float=by_float["labels"].numpy()[0].tolist(), dtype=by_bytes["classes"].dtype.name,
+                     confidence=float(tf.reduce_min(by_bytes["confidence"])))
+json.dump(out, sys.stdout)
+"""
+    proc = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    served = json.loads(proc.stdout)
+    for path in images:
+        predicted = tf.io.decode_png(tf.io.read_file(str(tmp_path / "pred" / os.path.basename(path)))).numpy()[..., 0]
+        result = served[path]
+        assert result["dtype"] == "uint8" and 1 / 5 <= result["confidence"] <= 1
+        for key in ("bytes", "pixels", "float"):
+            np.testing.assert_array_equal(np.array(result[key]), predicted)
+
+
+def test_export_refuses_to_overwrite_a_version(run_dir, tmp_path):
+    target = str(tmp_path / "m" / "1")
+    assert script("export.py", f"--workdir={run_dir}", f"--output={target}").returncode == 0
+    proc = script("export.py", f"--workdir={run_dir}", f"--output={target}")
+    assert proc.returncode != 0 and "exists and is not empty" in proc.stderr and "--overwrite" in proc.stderr
+    assert script("export.py", f"--workdir={run_dir}", f"--output={target}", "--overwrite").returncode == 0
+
+
+def test_predict_files_keeps_same_named_inputs_apart_and_skips_a_bad_image(tmp_path):
     seg = build_segmenter("deeplabv2", "tiny", 3)
-    paths = [str(tmp_path / "in" / f"{n}.png") for n in ("a", "b")]
-    for p in paths:
+    paths = [str(tmp_path / d / "x.png") for d in ("a", "b")] + [str(tmp_path / "c" / "bad.png"),
+                                                                  str(tmp_path / "c" / "y.png")]
+    for p in (paths[0], paths[1], paths[3]):
         write_image(p, 24, 40)
-    written = export.predict_files(seg, paths, str(tmp_path / "out"), colour=False)
-    assert [os.path.basename(p) for p in written] == ["a.png", "b.png"]
-    labels = tf.io.decode_png(tf.io.read_file(written[0])).numpy()
+    open(paths[2], "wb").write(b"\x89PNG not really")
+    written, failed = export.predict_files(seg, paths, str(tmp_path / "out"), colour=False)
+    assert sorted(os.path.basename(p) for p in written) == sorted(
+        [f"{str(tmp_path / 'a' / 'x').strip(os.sep).replace(os.sep, '_')}.png",
+         f"{str(tmp_path / 'b' / 'x').strip(os.sep).replace(os.sep, '_')}.png", "y.png"])
+    assert [p for p, _ in failed] == [paths[2]]
+    labels = tf.io.decode_png(tf.io.read_file(written[-1])).numpy()
     assert labels.shape == (24, 40, 1) and labels.max() < 3

@@ -1,8 +1,14 @@
 """Export a trained segmenter for TF Serving, and predict label maps for image files.
 
-The exported SavedModel's `serve` signature takes raw RGB images (float32 [B, H, W, 3] in
-[0, 255], any size) and returns `logits` and `labels` (int32 [B, H, W]); normalisation is
-inside the model, so clients send pixels as they are.
+The SavedModel holds the whole inference path of `inference.predict_logits` (the run's
+`image_scale`, padding to the network's stride, logits resized back), so a client sends the
+image as it is and gets labels at its resolution. Signatures:
+
+    serving_default   image_bytes: string [B] (PNG / JPEG files; base64 `{"b64": ...}` over REST,
+                      images of one request must share a size)  -> classes uint8 [B, H, W],
+                      confidence float32 [B, H, W] (the winning class's softmax probability)
+    serve_pixels      images: uint8 [B, H, W, 3]                  -> classes, confidence
+    serve             images: float32 [B, H, W, 3] in [0, 255]    -> logits [B, H, W, C], labels int32
 """
 
 import os
@@ -12,39 +18,89 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.data.io import VOC_COLORMAP, read_image
+from tfsemiseg.inference import predict_logits
 
 
-def export_saved_model(segmenter, path):
-    """Write a SavedModel (TF Serving layout: put it under `<model_name>/<version>/`)."""
+class ExportError(ValueError):
+    """The export or prediction cannot be written as asked; the message says why and what to do."""
+
+
+def _classes(logits):
+    dtype = tf.uint8 if logits.shape[-1] <= 256 else tf.int32
+    probs = tf.nn.softmax(logits)
+    return {"classes": tf.cast(tf.argmax(logits, axis=-1), dtype), "confidence": tf.reduce_max(probs, axis=-1)}
+
+
+def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
+    """Write a SavedModel (TF Serving layout: put it under `<model_name>/<version>/`).
+
+    Refuses to replace an existing non-empty directory unless `overwrite`: a served version is
+    never overwritten by accident.
+    """
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise ExportError(f"{path} exists and is not empty: TF Serving versions are immutable. Export to a new "
+                          "version directory (e.g. .../2), or pass --overwrite.")
+
+    def logits_of(images):
+        return predict_logits(segmenter, images, image_scale)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_default(image_bytes):
+        images = tf.map_fn(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False), image_bytes,
+                           fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+        return _classes(logits_of(images))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serve_pixels(images):
+        return _classes(logits_of(images))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     def serve(images):
-        logits = segmenter(images, training=False)
+        logits = logits_of(images)
         return {"logits": logits, "labels": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
     archive = keras.export.ExportArchive()
     archive.track(segmenter)
+    archive.add_endpoint("serving_default", serving_default)
+    archive.add_endpoint("serve_pixels", serve_pixels)
     archive.add_endpoint("serve", serve)
     archive.write_out(path, verbose=False)
     return path
 
 
+def output_names(image_paths):
+    """`<stem>.png` per input; inputs that share a stem (a/x.jpg, b/x.png) keep their parent folders
+    in the name (a_x.png, b_x.png) so that no prediction overwrites another."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in image_paths]
+    names = []
+    for path, stem in zip(image_paths, stems):
+        if stems.count(stem) > 1:
+            stem = os.path.splitext(os.path.normpath(path))[0].strip(os.sep).replace(os.sep, "_")
+        names.append(stem + ".png")
+    if len(set(names)) != len(names):
+        raise ExportError("Two inputs would write the same prediction file; give each image once.")
+    return names
+
+
 def predict_files(segmenter, image_paths, output_dir, colour=True, image_scale=1.0):
     """Predict each whole image and write `<output_dir>/<stem>.png` (class indices, or VOC colours).
 
-    `image_scale` is the run's: images are resized by it before inference (as in training and
-    evaluation) and the logits resized back, so the written maps have the input's size.
+    Preprocessing is the run's (`inference.predict_logits`), so the maps have the input's size
+    and equal what the exported SavedModel returns. Returns (written paths, [(path, error)] of
+    the images that could not be read; the others are still predicted).
     """
     os.makedirs(output_dir, exist_ok=True)
-    written = []
-    for path in image_paths:
-        image = tf.cast(read_image(path), tf.float32)[None]
-        size = tf.shape(image)[1:3]
-        scaled = tf.image.resize(image, tf.cast(tf.round(tf.cast(size, tf.float32) * image_scale), tf.int32))
-        logits = tf.image.resize(segmenter(scaled, training=False), size)
-        labels = tf.argmax(logits, axis=-1, output_type=tf.int32)[0].numpy()
+    predict = tf.function(lambda image: tf.argmax(predict_logits(segmenter, image, image_scale), axis=-1))
+    written, failed = [], []
+    for path, name in zip(image_paths, output_names(image_paths)):
+        try:
+            image = read_image(path)[None]
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
+            failed.append((path, err.message.splitlines()[0]))
+            continue
+        labels = predict(image)[0].numpy()
         out = VOC_COLORMAP[labels].astype(np.uint8) if colour else labels.astype(np.uint8)[..., None]
-        target = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        target = os.path.join(output_dir, name)
         tf.io.write_file(target, tf.io.encode_png(out))
         written.append(target)
-    return written
+    return written, failed

@@ -19,6 +19,23 @@ def padded_logits(segmenter, images, multiple=32):
     return segmenter(padded, training=False)[:, :h, :w]
 
 
+def predict_logits(segmenter, images, image_scale=1.0, multiple=32):
+    """Logits at the input's resolution for raw images of any size, preprocessed as in training.
+
+    Images are resized by the run's `image_scale` (bilinear, as the data pipeline does), padded to
+    a multiple of the network's stride, and the logits resized back (bilinear) to [B, H, W, C].
+    The one inference path of `predict.py` and of the exported SavedModel, so both give the same
+    labels for the same image.
+    """
+    images = tf.cast(images, tf.float32)
+    size = tf.shape(images)[1:3]
+    if image_scale != 1:
+        scaled = tf.cast(tf.round(tf.cast(size, tf.float32) * image_scale), tf.int32)
+        images = tf.image.resize(images, tf.maximum(scaled, 1), method="bilinear")
+        return tf.image.resize(padded_logits(segmenter, images, multiple), size, method="bilinear")
+    return padded_logits(segmenter, images, multiple)
+
+
 def sliding_window_scores(predict, images, window, stride):
     """Softmax scores summed over overlapping `window` x `window` crops (borders aligned), averaged.
 
