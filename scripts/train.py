@@ -17,6 +17,7 @@ from absl import app, flags
 
 import configs
 from tfsemiseg import runner
+from tfsemiseg.callbacks import TrainingDiverged
 from tfsemiseg.data import DataError
 
 FLAGS = flags.FLAGS
@@ -52,7 +53,7 @@ def main(argv):
         if not cfg.workdir:
             cfg = cfg.replace(workdir=f"runs/{cfg.method}_{cfg.dataset}_{cfg.split}")
         metrics = runner.train(cfg, verbose=FLAGS.verbose)
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except (DataError, ValueError, FileNotFoundError, TrainingDiverged) as err:
         sys.exit(f"error: {err}")
     print(json.dumps({k: metrics[k] for k in ("method", "dataset", "split", "steps", "train_images_per_sec")}))
     for stage, result in metrics.get("stages", {}).items():  # ST / ST++

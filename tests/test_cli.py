@@ -88,3 +88,12 @@ def test_a_bad_label_is_named_before_training(camvid_tree, tmp_path, subset, nam
     assert f"16-bit label with values above 255: {camvid_tree}/{subset}annot/{name}" in proc.stderr
     assert "Graph execution error" not in proc.stderr
     assert not os.path.exists(os.path.join(workdir, "backup"))  # no training started
+
+
+def test_a_diverged_run_exits_non_zero_and_names_the_loss(tmp_path):
+    """Regression: lr=1e6 printed loss_ce: nan, exited 0 and wrote an mIoU."""
+    workdir = str(tmp_path / "nan")
+    proc = run("train.py", f"--workdir={workdir}", *TINY, "--set", "lr=1e6")
+    assert proc.returncode != 0
+    assert "error: loss_ce is nan at step" in proc.stderr and "--set lr=" in proc.stderr
+    assert not os.path.exists(os.path.join(workdir, "metrics.json"))

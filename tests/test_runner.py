@@ -72,3 +72,33 @@ def test_a_resumed_run_restores_every_optimizer(tmp_path, monkeypatch, method):
     assert results["resumed"]["optimizer"] == (9, 0.0)  # all 9 steps counted; poly decay reached 0
     if method == "alss":
         assert results["resumed"]["d_optimizer"] == (9, 0.0)
+
+
+class Poison(keras.callbacks.Callback):
+    """After the first epoch (once it is checkpointed), turns a weight into NaN."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            variable = self.model.segmenter.trainable_variables[0]
+            variable.assign(variable * float("nan"))
+
+
+@pytest.mark.parametrize("method", ["suponly", "alss"])
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, monkeypatch, method):
+    import numpy as np
+
+    from tfsemiseg.callbacks import TrainingDiverged
+    from tfsemiseg.methods import get_method
+
+    cls = get_method(method)
+    monkeypatch.setattr(cls, "extra_callbacks", staticmethod(lambda *a: [Poison()]))
+    cfg = configs.get_config(method, "synthetic").replace(
+        workdir=str(tmp_path / "run"), iterations=6, steps_per_epoch=3, crop_size=32, batch_size=2)
+    with pytest.raises(TrainingDiverged, match=r"loss\w* is nan at step 4"):
+        runner.train(cfg, verbose=0)
+    assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json"))
+    assert not os.path.exists(os.path.join(cfg.workdir, "final"))
+    model = cls.create(cfg, 6)
+    model.load_weights(os.path.join(cfg.workdir, "checkpoints", "ckpt.weights.h5"))
+    assert all(np.isfinite(v.numpy()).all() for v in model.segmenter.weights)  # epoch 1's weights
+    assert os.path.isdir(os.path.join(cfg.workdir, "backup"))

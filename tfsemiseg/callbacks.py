@@ -1,5 +1,6 @@
 """Callbacks that Keras does not already provide."""
 
+import math
 import os
 import time
 
@@ -33,6 +34,33 @@ class Throughput(keras.callbacks.Callback):
     @property
     def images_per_sec(self):
         return self.steps * self.images_per_step / self.seconds if self.seconds else 0.0
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the term and the step."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` at the first batch whose logged loss terms (`loss*`) are not finite.
+
+    Keras' `TerminateOnNaN` watches only `loss` and lets the epoch end, so the NaN weights would be
+    checkpointed and backed up. Raising from the batch stops `fit` before any of that: the
+    backup and checkpoint of the last finished epoch stay as they were.
+    """
+
+    def __init__(self, stage_dir=None):
+        super().__init__()
+        self.stage_dir = stage_dir
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name, value in (logs or {}).items():
+            if name.startswith("loss") and not math.isfinite(float(value)):
+                step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+                where = f" in {self.stage_dir}" if self.stage_dir else ""
+                raise TrainingDiverged(
+                    f"{name} is {float(value)} at step {step}{where}: training diverged. The last finished "
+                    "epoch's state is kept (backup/, checkpoints/). Lower the learning rate (--set lr=...) and "
+                    "start a new --workdir, or rerun to retry from that state.")
 
 
 class DiscriminatorLearningRate(keras.callbacks.Callback):

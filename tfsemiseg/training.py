@@ -121,6 +121,7 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
     throughput = callbacks_lib.Throughput(cfg.batch_size)
     os.makedirs(os.path.join(stage_dir, "checkpoints"), exist_ok=True)
     all_callbacks = [
+        callbacks_lib.StopOnNonFiniteLoss(stage_dir),  # first: raises before anything saves a NaN state
         keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup")),
         keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "checkpoints", "ckpt.weights.h5"),
                                         save_weights_only=True),
