@@ -37,6 +37,7 @@ flags.DEFINE_string("eval_split", None, "split evaluated at the end (val, test, 
 flags.DEFINE_bool("mixed_precision", None, "mixed_float16 on GPU (mixed_bfloat16 on CPU)")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the train step")
 flags.DEFINE_string("distribute", None, "none | mirrored (all local GPUs) | multiworker (TF_CONFIG)")
+flags.DEFINE_bool("overwrite", False, "delete the workdir's finished or partial run and train again")
 flags.DEFINE_integer("verbose", 1, "Keras progress bar: 0 silent, 1 bar, 2 a line per epoch")
 
 DIRECT = ("split", "data_dir", "workdir", "iterations", "batch_size", "seed", "backbone", "arch",
@@ -52,7 +53,10 @@ def main(argv):
         cfg = cfg.override(FLAGS.set)
         if not cfg.workdir:
             cfg = cfg.replace(workdir=f"runs/{cfg.method}_{cfg.dataset}_{cfg.split}")
-        metrics = runner.train(cfg, verbose=FLAGS.verbose)
+        metrics = runner.train(cfg, verbose=FLAGS.verbose, overwrite=FLAGS.overwrite)
+    except runner.RunFinished as finished:
+        print(finished)
+        return
     except (DataError, ValueError, FileNotFoundError, TrainingDiverged) as err:
         sys.exit(f"error: {err}")
     print(json.dumps({k: metrics[k] for k in ("method", "dataset", "split", "steps", "train_images_per_sec")}))

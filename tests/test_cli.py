@@ -97,3 +97,44 @@ def test_a_diverged_run_exits_non_zero_and_names_the_loss(tmp_path):
     assert proc.returncode != 0
     assert "error: loss_ce is nan at step" in proc.stderr and "--set lr=" in proc.stderr
     assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--iterations=0"], "--iterations=0: must be a positive"),
+    (["--iterations=-5"], "--iterations=-5: must be a positive"),
+    (["--set", "steps_per_epoch=0"], "--set steps_per_epoch=0"),
+    (["--set", "batch_size=0"], "--batch_size=0"),
+    (["--set", "image_scale=0"], "--set image_scale=0"),
+    (["--set", "scale_range=abc"], "--set scale_range=('abc',): must be two numbers"),
+    (["--split=1_0"], "--split=1_0: a fraction a_b needs 0 < a <= b"),
+    (["--method=datasets"], "Unknown --method='datasets'; choose one of alss, st, stpp, suponly"),
+    (["--method=foo"], "Unknown --method='foo'; choose one of"),
+])
+def test_bad_settings_are_named_without_a_traceback(tmp_path, args, message):
+    workdir = str(tmp_path / "bad")
+    proc = run("train.py", f"--workdir={workdir}", *TINY, *args)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_failed_start_does_not_block_the_corrected_command_and_the_workdir_can_move(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert run("train.py", f"--workdir={workdir}", *TINY, "--split=1_0").returncode != 0
+    proc = run("train.py", f"--workdir={workdir}/", *TINY)  # trailing slash: the same run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    moved = str(tmp_path / "moved")
+    os.rename(workdir, moved)
+    os.remove(os.path.join(moved, "metrics.json"))  # as if interrupted after training: resumes, not refused
+    proc = run("train.py", f"--workdir={moved}", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_finished_run_is_not_retrained_without_overwrite(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert run("train.py", f"--workdir={workdir}", *TINY).returncode == 0
+    metrics = open(os.path.join(workdir, "metrics.json")).read()
+    proc = run("train.py", f"--workdir={workdir}", *TINY)
+    assert proc.returncode == 0 and "holds a finished run" in proc.stdout and "evaluate.py" in proc.stdout
+    assert open(os.path.join(workdir, "metrics.json")).read() == metrics
+    proc = run("train.py", f"--workdir={workdir}", *TINY, "--overwrite")
+    assert proc.returncode == 0 and "val mIoU:" in proc.stdout

@@ -66,6 +66,29 @@ class Config:
     tta_flip: bool = True
     reliable_fraction: float = 0.5  # ST++: share of unlabeled images, most stable first, labeled first
 
+    def validate(self):
+        """Raise ValueError naming the flag of the first setting that cannot work (before anything runs)."""
+        def need(ok, flag, what):
+            if not ok:
+                raise ValueError(f"{flag}={getattr(self, flag.lstrip('-').split()[-1])!r}: {what}")
+
+        for name in ("iterations", "batch_size"):
+            need(_whole(self, name) and getattr(self, name) >= 1, f"--{name}", "must be a positive whole number")
+        for name in ("steps_per_epoch", "eval_batch_size", "crop_size"):
+            need(_whole(self, name) and getattr(self, name) >= 1, f"--set {name}", "must be a positive whole number")
+        need(self.image_scale > 0, "--set image_scale", "must be > 0 (1 keeps the images' size)")
+        need(len(self.scale_range) == 2 and all(isinstance(v, (int, float)) for v in self.scale_range)
+             and 0 < self.scale_range[0] <= self.scale_range[1], "--set scale_range",
+             "must be two numbers 0 < min <= max, e.g. --set scale_range=0.5,2.0")
+        need(all(isinstance(v, (int, float)) and v > 0 for v in self.tta_scales), "--set tta_scales",
+             "must be positive numbers, e.g. 0.5,1.0,1.5")
+        need(self.output_stride in (8, 16, 32), "--set output_stride", "must be 8, 16 or 32")
+        need(self.lr >= 0 and self.d_lr >= 0, "--set lr", "learning rates must be >= 0")
+        need(0 < self.reliable_fraction < 1, "--set reliable_fraction", "must be between 0 and 1")
+        need(self.distribute in ("none", "mirrored", "multiworker"), "--distribute",
+             "must be none, mirrored or multiworker")
+        return self
+
     def replace(self, **changes):
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
@@ -95,6 +118,10 @@ class Config:
         data = json.loads(text)
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls().replace(**data)
+
+
+def _whole(cfg, name):
+    return isinstance(getattr(cfg, name), int) and not isinstance(getattr(cfg, name), bool)
 
 
 def _scalar(text):

@@ -18,6 +18,7 @@ methods (ST / ST++) keep one such layout per stage in `<workdir>/<stage>/`, Tens
 
 import json
 import os
+import shutil
 
 import keras
 
@@ -32,27 +33,56 @@ def load_dataset(cfg):
                          class_names=cfg.class_names, ignore_value=cfg.ignore_value, image_size=cfg.image_size)
 
 
+# Where the run lives, not what it computes: a moved run directory or dataset still resumes.
+LOCATION_FIELDS = ("workdir", "data_dir")
+
+
+class RunFinished(ValueError):
+    """The workdir holds a finished run; retraining needs --overwrite."""
+
+
+def _has_state(workdir):
+    """True once training has left something to resume (a backup, checkpoints, stages)."""
+    return any(name not in ("config.json", "logs") for name in os.listdir(workdir))
+
+
 def _check_resume(cfg):
-    """A workdir belongs to one configuration: refuse to resume a run with a different one."""
+    """A workdir with training state belongs to one configuration: refuse to resume it with another.
+
+    Only settings that change the result are compared; a config.json left by a start that failed
+    before training (no state yet) is simply replaced.
+    """
     path = os.path.join(cfg.workdir, "config.json")
-    if os.path.exists(path):
+    if os.path.exists(path) and _has_state(cfg.workdir):
         previous = Config.from_json(open(path).read())
-        if previous != cfg:
-            diff = {k: (v, getattr(cfg, k)) for k, v in vars(previous).items() if getattr(cfg, k) != v}
+        diff = {k: (v, getattr(cfg, k)) for k, v in vars(previous).items()
+                if k not in LOCATION_FIELDS and getattr(cfg, k) != v}
+        if diff:
             raise ValueError(f"{cfg.workdir} holds a run with another configuration (changed: {diff}). "
-                             "Use a new --workdir, or delete the old one to start over.")
+                             "Use a new --workdir, or pass --overwrite to start over.")
 
 
-def train(cfg, verbose=1):
+def train(cfg, verbose=1, overwrite=False):
     """Train `cfg.method` as configured; returns the metrics written to metrics.json.
 
     A method is either a `SegmentationMethod` (one `fit`) or a driver of several stages
     (ST / ST++, with a `run` classmethod) that writes its stages under the same workdir.
+    A finished run is not trained again unless `overwrite`, which deletes the workdir first.
     """
+    cfg.validate()
+    if overwrite:
+        shutil.rmtree(cfg.workdir, ignore_errors=True)
+    if os.path.isdir(cfg.workdir):
+        _check_resume(cfg)
+    metrics_path = os.path.join(cfg.workdir, "metrics.json")
+    if os.path.exists(metrics_path):
+        miou = json.load(open(metrics_path)).get("miou")
+        raise RunFinished(f"{cfg.workdir} holds a finished run (val mIoU {100 * miou:.2f}). Evaluate it with "
+                          f"python scripts/evaluate.py --workdir={cfg.workdir}, or pass --overwrite to train it "
+                          "again from scratch.")
     keras.utils.set_random_seed(cfg.seed)
     set_precision(cfg.mixed_precision)
     os.makedirs(cfg.workdir, exist_ok=True)
-    _check_resume(cfg)
     dataset = load_dataset(cfg)
     dataset.verify(["labeled", "unlabeled", cfg.eval_split] if dataset.unlabeled else ["labeled", cfg.eval_split])
     atomic_write(os.path.join(cfg.workdir, "config.json"), cfg.to_json())

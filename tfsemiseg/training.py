@@ -122,7 +122,9 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
     os.makedirs(os.path.join(stage_dir, "checkpoints"), exist_ok=True)
     all_callbacks = [
         callbacks_lib.StopOnNonFiniteLoss(stage_dir),  # first: raises before anything saves a NaN state
-        keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup")),
+        # Kept until metrics.json is written: a kill after the last epoch, or a failed final
+        # evaluation, resumes at the end instead of training from epoch 1 again.
+        keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup"), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "checkpoints", "ckpt.weights.h5"),
                                         save_weights_only=True),
         callbacks_lib.DiscriminatorLearningRate(),  # before TensorBoard, which writes the logs
@@ -145,4 +147,5 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
         **evaluate_model(model, dataset, cfg, cfg.eval_split),
     }
     atomic_write(os.path.join(stage_dir, "metrics.json"), json.dumps(metrics, indent=2))
+    shutil.rmtree(os.path.join(stage_dir, "backup"), ignore_errors=True)  # the run's outputs now exist
     return metrics

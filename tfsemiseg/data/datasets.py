@@ -190,6 +190,8 @@ def resolve_split(split, pool, seed, named=None, split_dirs=(), to_id=lambda e: 
         labeled = pool
     elif "_" in split and all(p.isdigit() for p in split.split("_", 1)):
         num, den = (int(p) for p in split.split("_", 1))
+        if not 0 < num <= den:
+            raise io.DataError(f"--split={split}: a fraction a_b needs 0 < a <= b, e.g. 1_8.")
         labeled = draw(pool, max(1, round(len(pool) * num / den)), seed)
     elif split.isdigit():
         if int(split) > len(pool):
