@@ -17,7 +17,7 @@ from absl import app, flags
 
 import configs
 from tfsemiseg import runner
-from tfsemiseg.callbacks import TrainingDiverged
+from tfsemiseg.callbacks import BackupError, TrainingDiverged
 from tfsemiseg.data import DataError
 
 FLAGS = flags.FLAGS
@@ -36,12 +36,14 @@ flags.DEFINE_string("backbone_weights", None, "'' (none), 'imagenet', or a path 
 flags.DEFINE_string("eval_split", None, "split evaluated at the end (val, test, ...)")
 flags.DEFINE_bool("mixed_precision", None, "mixed_float16 on GPU (mixed_bfloat16 on CPU)")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the train step")
+flags.DEFINE_bool("deterministic", None, "reproducible runs on CPU: op determinism, fixed data order; resume "
+                  "gives the uninterrupted result (slower)")
 flags.DEFINE_string("distribute", None, "none | mirrored (all local GPUs) | multiworker (TF_CONFIG)")
 flags.DEFINE_bool("overwrite", False, "delete the workdir's finished or partial run and train again")
 flags.DEFINE_integer("verbose", 1, "Keras progress bar: 0 silent, 1 bar, 2 a line per epoch")
 
 DIRECT = ("split", "data_dir", "workdir", "iterations", "batch_size", "seed", "backbone", "arch",
-          "backbone_weights", "eval_split", "mixed_precision", "jit_compile", "distribute")
+          "backbone_weights", "eval_split", "mixed_precision", "jit_compile", "distribute", "deterministic")
 
 
 def main(argv):
@@ -57,7 +59,7 @@ def main(argv):
     except runner.RunFinished as finished:
         print(finished)
         return
-    except (DataError, ValueError, FileNotFoundError, TrainingDiverged) as err:
+    except (DataError, ValueError, FileNotFoundError, TrainingDiverged, BackupError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps({k: metrics[k] for k in ("method", "dataset", "split", "steps", "train_images_per_sec")}))
     for stage, result in metrics.get("stages", {}).items():  # ST / ST++

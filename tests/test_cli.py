@@ -138,3 +138,50 @@ def test_a_finished_run_is_not_retrained_without_overwrite(tmp_path):
     assert open(os.path.join(workdir, "metrics.json")).read() == metrics
     proc = run("train.py", f"--workdir={workdir}", *TINY, "--overwrite")
     assert proc.returncode == 0 and "val mIoU:" in proc.stdout
+
+
+def _final_weights(workdir):
+    import keras
+
+    import tfsemiseg.models.segmenters  # noqa: F401  (registers the custom layers)
+    return [w.numpy() for w in keras.saving.load_model(os.path.join(workdir, "final", "segmenter.keras")).weights]
+
+
+DETERMINISTIC = ["--dataset=synthetic", "--iterations=45", "--set", "steps_per_epoch=15", "--set", "crop_size=32",
+                 "--set", "batch_size=2", "--seed=3", "--deterministic", "--verbose=0"]
+
+
+@pytest.mark.parametrize("method", ["suponly", "alss"])
+def test_deterministic_runs_and_a_killed_run_resumed_give_the_same_weights(tmp_path, method):
+    """Regression: the same --seed gave different losses; a resumed ALSS run restarted its LR schedule."""
+    import signal
+    import time
+
+    import numpy as np
+
+    args = [f"--method={method}", *DETERMINISTIC, "--set", "semi_start=10"]
+    runs = [str(tmp_path / name) for name in ("a", "b", "killed")]
+    for workdir in runs[:2]:
+        proc = run("train.py", f"--workdir={workdir}", *args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    # SIGKILL once the first epoch is backed up, then rerun the same command.
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--workdir={runs[2]}", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = os.path.join(runs[2], "backup", "training_metadata.json")
+    deadline = time.time() + 300
+    while not os.path.exists(metadata) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(runs[2], "metrics.json")), "killed too late; make the epochs longer"
+    resumed = run("train.py", f"--workdir={runs[2]}", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    metrics = [json.load(open(os.path.join(w, "metrics.json"))) for w in runs]
+    assert metrics[0]["miou"] == metrics[1]["miou"] == metrics[2]["miou"]
+    assert metrics[2]["steps"] == 45
+    reference = _final_weights(runs[0])
+    for workdir in runs[1:]:
+        for a, b in zip(reference, _final_weights(workdir)):
+            np.testing.assert_array_equal(a, b)

@@ -102,3 +102,71 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path,
     model.load_weights(os.path.join(cfg.workdir, "checkpoints", "ckpt.weights.h5"))
     assert all(np.isfinite(v.numpy()).all() for v in model.segmenter.weights)  # epoch 1's weights
     assert os.path.isdir(os.path.join(cfg.workdir, "backup"))
+
+
+def _interrupted_run(tmp_path, monkeypatch, epochs_before_interrupt):
+    """A SupOnly run stopped after `epochs_before_interrupt` epochs; returns its config."""
+    class InterruptAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == epochs_before_interrupt:
+                raise KeyboardInterrupt
+
+    cfg = configs.get_config("suponly", "synthetic").replace(
+        workdir=str(tmp_path / "run"), iterations=9, steps_per_epoch=3, crop_size=32, batch_size=2)
+    original = SupOnly.extra_callbacks
+    monkeypatch.setattr(SupOnly, "extra_callbacks", staticmethod(lambda *a: [InterruptAfter()]))
+    with pytest.raises(KeyboardInterrupt):
+        runner.train(cfg, verbose=0)
+    monkeypatch.setattr(SupOnly, "extra_callbacks", original)
+    return cfg
+
+
+def test_a_damaged_backup_falls_back_to_the_previous_epoch(tmp_path, monkeypatch):
+    cfg = _interrupted_run(tmp_path, monkeypatch, 2)
+    latest = os.path.join(cfg.workdir, "backup", "latest.weights.h5")
+    open(latest, "wb").write(open(latest, "rb").read()[:1000])  # killed while h5py wrote it
+    epochs_run = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch))
+    monkeypatch.setattr(SupOnly, "extra_callbacks", staticmethod(lambda *a: [record]))
+    assert runner.train(cfg, verbose=0)["steps"] == 9
+    assert epochs_run == [1, 2]  # the previous backup (after epoch 1) was used
+
+
+def test_a_damaged_backup_without_a_previous_one_is_named(tmp_path, monkeypatch):
+    from tfsemiseg.callbacks import BackupError
+
+    cfg = _interrupted_run(tmp_path, monkeypatch, 1)
+    latest = os.path.join(cfg.workdir, "backup", "latest.weights.h5")
+    open(latest, "wb").write(b"\x89HDF\r\n\x1a\n broken")
+    with pytest.raises(BackupError, match=r"latest.weights.h5 cannot be read.*Delete .*backup"):
+        runner.train(cfg, verbose=0)
+
+
+def test_a_deleted_backup_file_is_not_resumed_from_random_weights(tmp_path, monkeypatch):
+    from tfsemiseg.callbacks import BackupError
+
+    cfg = _interrupted_run(tmp_path, monkeypatch, 1)
+    os.remove(os.path.join(cfg.workdir, "backup", "latest.weights.h5"))
+    with pytest.raises(BackupError, match=r"latest.weights.h5 is missing.*1 epoch"):
+        runner.train(cfg, verbose=0)
+    assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json"))
+
+
+def test_a_failed_final_evaluation_resumes_without_retraining(tmp_path, monkeypatch):
+    cfg = configs.get_config("suponly", "synthetic").replace(
+        workdir=str(tmp_path / "run"), iterations=6, steps_per_epoch=3, crop_size=32, batch_size=2)
+    real = runner.fit_stage.__globals__["evaluate_model"]
+
+    def failing(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setitem(runner.fit_stage.__globals__, "evaluate_model", failing)
+    with pytest.raises(OSError):
+        runner.train(cfg, verbose=0)
+    monkeypatch.setitem(runner.fit_stage.__globals__, "evaluate_model", real)
+    epochs_run = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch))
+    monkeypatch.setattr(SupOnly, "extra_callbacks", staticmethod(lambda *a: [record]))
+    assert runner.train(cfg, verbose=0)["steps"] == 6
+    assert epochs_run == []  # both epochs restored from the kept backup
+    assert not os.path.exists(os.path.join(cfg.workdir, "backup"))  # removed once metrics.json exists

@@ -1,5 +1,6 @@
 """Callbacks that Keras does not already provide."""
 
+import json
 import math
 import os
 import time
@@ -61,6 +62,42 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                     f"{name} is {float(value)} at step {step}{where}: training diverged. The last finished "
                     "epoch's state is kept (backup/, checkpoints/). Lower the learning rate (--set lr=...) and "
                     "start a new --workdir, or rerun to retry from that state.")
+
+
+class BackupError(RuntimeError):
+    """The backup of an interrupted run cannot be resumed; the message names the file."""
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, kept until the run's outputs exist, and safe against a damaged backup.
+
+    `double_checkpoint` keeps the previous epoch's backup (`*.bkp`); Keras falls back to it when the
+    latest weights cannot be read (a kill while h5py was writing them). What Keras would otherwise
+    do silently is refused with the file's name: weights that are missing while the metadata says
+    epochs were trained (resuming from random weights), or damaged with no earlier backup.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
+
+    @staticmethod
+    def resumed_epoch(backup_dir):
+        """The number of finished epochs a resumed fit starts after (0 for a new run)."""
+        path = os.path.join(backup_dir, "training_metadata.json")
+        return json.load(open(path))["epoch"] if os.path.exists(path) else 0
+
+    def on_train_begin(self, logs=None):
+        weights = self._weights_path
+        if (os.path.exists(self._training_metadata_path) and not os.path.exists(weights)
+                and not os.path.exists(self._prev_weights_path)):
+            raise BackupError(f"{weights} is missing, but {self._training_metadata_path} says "
+                              f"{self.resumed_epoch(self.backup_dir)} epoch(s) were trained: resuming would start "
+                              f"from random weights. Restore the file, or delete {self.backup_dir} to start over.")
+        try:
+            super().on_train_begin(logs)
+        except OSError as err:
+            raise BackupError(f"{weights} cannot be read ({err}) and there is no earlier backup to fall back to. "
+                              f"Delete {self.backup_dir} to start the run over.") from None
 
 
 class DiscriminatorLearningRate(keras.callbacks.Callback):

@@ -49,6 +49,7 @@ class Config:
     mixed_precision: bool = False
     jit_compile: bool = False
     distribute: str = "none"  # none | mirrored | multiworker
+    deterministic: bool = False  # op determinism + a resumable fixed data stream: same result every run (CPU)
     # ALSS (Hung et al. 2018)
     lambda_adv: float = 0.01
     lambda_semi_adv: float = 0.001

@@ -21,6 +21,7 @@ import os
 import shutil
 
 import keras
+import tensorflow as tf
 
 from tfsemiseg.config import Config
 from tfsemiseg.data import build_dataset
@@ -81,6 +82,8 @@ def train(cfg, verbose=1, overwrite=False):
                           f"python scripts/evaluate.py --workdir={cfg.workdir}, or pass --overwrite to train it "
                           "again from scratch.")
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
     set_precision(cfg.mixed_precision)
     os.makedirs(cfg.workdir, exist_ok=True)
     dataset = load_dataset(cfg)

@@ -118,13 +118,18 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
     """
     epochs, steps_per_epoch = epochs_and_steps(cfg)
     log_dir = log_dir or os.path.join(stage_dir, "logs")
+    backup_dir = os.path.join(stage_dir, "backup")
+    if cfg.deterministic:
+        # The stream is a fixed sequence: a resumed fit continues it where the interrupted one
+        # stopped, so that it ends with exactly the weights of an uninterrupted run.
+        train_data = train_data.skip(callbacks_lib.Backup.resumed_epoch(backup_dir) * steps_per_epoch)
     throughput = callbacks_lib.Throughput(cfg.batch_size)
     os.makedirs(os.path.join(stage_dir, "checkpoints"), exist_ok=True)
     all_callbacks = [
         callbacks_lib.StopOnNonFiniteLoss(stage_dir),  # first: raises before anything saves a NaN state
         # Kept until metrics.json is written: a kill after the last epoch, or a failed final
         # evaluation, resumes at the end instead of training from epoch 1 again.
-        keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup"), delete_checkpoint=False),
+        callbacks_lib.Backup(backup_dir),
         keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "checkpoints", "ckpt.weights.h5"),
                                         save_weights_only=True),
         callbacks_lib.DiscriminatorLearningRate(),  # before TensorBoard, which writes the logs
@@ -147,5 +152,5 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
         **evaluate_model(model, dataset, cfg, cfg.eval_split),
     }
     atomic_write(os.path.join(stage_dir, "metrics.json"), json.dumps(metrics, indent=2))
-    shutil.rmtree(os.path.join(stage_dir, "backup"), ignore_errors=True)  # the run's outputs now exist
+    shutil.rmtree(backup_dir, ignore_errors=True)  # the run's outputs now exist
     return metrics
