@@ -19,8 +19,8 @@ class ResizeTo(layers.Layer):
 
     def call(self, x, reference):
         size = tf.shape(reference)[1:3]
-        out = tf.compat.v1.image.resize_bilinear(x, size, align_corners=self.align_corners,
-                                                 half_pixel_centers=not self.align_corners)
+        out = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=self.align_corners,
+                                        half_pixel_centers=not self.align_corners)
         return tf.cast(out, x.dtype)
 
     def compute_output_shape(self, x_shape, reference_shape):
