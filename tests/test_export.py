@@ -91,3 +91,11 @@ def test_predict_files_keeps_same_named_inputs_apart_and_skips_a_bad_image(tmp_p
     assert [p for p, _ in failed] == [paths[2]]
     labels = tf.io.decode_png(tf.io.read_file(written[-1])).numpy()
     assert labels.shape == (24, 40, 1) and labels.max() < 3
+
+
+def test_final_model_loads_in_a_fresh_process_after_importing_the_models_package(run_dir):
+    code = (f"import tfsemiseg.models, keras; m = keras.saving.load_model({run_dir!r} + '/final/segmenter.keras'); "
+            "print(m(keras.ops.zeros((1, 33, 47, 3))).shape)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("(1, 33, 47, 5)")
