@@ -5,13 +5,14 @@
 
 Each run is `scripts/train.py --method=M --dataset=camvid --split=S --seed=N` in
 `<runs_dir>/<label>_<split>_seed<N>/` (log beside it). Runs go seed by seed (seed 0 of every
-method first), so a partial benchmark already compares all methods. A run whose metrics.json
-exists is skipped; an interrupted one resumes where train.py left it (its stages and backups),
-so the command can be stopped and run again, in the same session or a later one. The wall time
-of every attempt is added up in `<run>/benchmark.json`.
+method first), so a partial benchmark already compares all methods. A finished run leaves a
+small record, `<records>/<label>_<split>_seed<N>.json` (its metrics, command and wall time),
+meant to be committed: a run with a record is skipped, on this machine or a fresh one. An
+interrupted run resumes where train.py left it (its stages and backups), so the command can be
+stopped and run again. The wall time of every attempt is added up in `<run>/benchmark.json`.
 
 After every run the markdown tables (per run; mean +- std per method; mean per-class IoU)
-are rewritten to `--out`, ready to paste into RESULTS.md.
+are rewritten to `<records>/results.md`, ready to paste into RESULTS.md.
 
 `--variant=LABEL=METHOD ARGS` adds a method with other settings, e.g.
 `--variant="alss_d_lr_1e-4=alss --set d_lr=1e-4"`; `--upper_bound_seeds` adds SupOnly on the
@@ -40,7 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--upper_bound_seeds", default="0", help="seeds of SupOnly on --split=full ('' for none)")
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "camvid"))
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "benchmark", "pretrained"))
-    parser.add_argument("--out", default=None, help="markdown file (default <runs_dir>/results.md)")
+    parser.add_argument("--records", default=os.path.join(ROOT, "benchmarks", "camvid_pretrained"),
+                        help="folder of finished runs' records and results.md (commit it)")
     parser.add_argument("--backbone", default=None, help="e.g. tiny for the from-scratch setting")
     parser.add_argument("--set", action="append", default=[], help="name=value for every run (repeatable)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs to do, run nothing")
@@ -49,18 +51,22 @@ def parse_args(argv=None):
 
 
 def plan(args):
-    """[(label, method, split, seed, extra args)] in the order they run: seed by seed."""
-    variants = [(m, m, []) for m in args.methods.split(",") if m]
+    """[(label, method, split, seed, extra args)] in the order they run: the methods seed by seed,
+    the upper bound after the first seed, the variants last."""
+    variants = []
     for spec in args.variant:
         label, _, rest = spec.partition("=")
         words = shlex.split(rest)
         if not label or not words:
             raise SystemExit(f"--variant={spec!r}: expected LABEL=METHOD [args]")
         variants.append((label, words[0], words[1:]))
-    runs = [(label, method, args.split, int(seed), extra)
-            for seed in args.seeds.split(",") if seed for label, method, extra in variants]
-    runs += [("suponly", "suponly", "full", int(seed), []) for seed in args.upper_bound_seeds.split(",") if seed]
-    return runs
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    main = [[(m, m, args.split, seed, []) for m in args.methods.split(",") if m] for seed in seeds]
+    upper = [("suponly", "suponly", "full", int(s), []) for s in args.upper_bound_seeds.split(",") if s]
+    runs = main[0] + upper if main else upper
+    for later in main[1:]:
+        runs += later
+    return runs + [(label, method, args.split, seed, extra) for seed in seeds for label, method, extra in variants]
 
 
 def run_dir(args, label, split, seed):
@@ -77,46 +83,59 @@ def command(args, method, split, seed, workdir, extra):
     return cmd + list(extra)
 
 
+def record_path(args, label, split, seed):
+    return os.path.join(args.records, f"{label}_{split}_seed{seed}.json")
+
+
 def execute(args, label, method, split, seed, extra):
+    """Run (or resume) one training run; when it has finished, write its record."""
     workdir = run_dir(args, label, split, seed)
     os.makedirs(workdir, exist_ok=True)
     cmd = command(args, method, split, seed, workdir, extra)
-    record_path = os.path.join(workdir, "benchmark.json")
-    record = json.load(open(record_path)) if os.path.exists(record_path) else {"attempts": []}
-    print(f"[{time.strftime('%H:%M:%S')}] {label} split={split} seed={seed}: {' '.join(cmd[1:])}", flush=True)
-    start = time.time()
-    with open(workdir + ".log", "a") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    record["attempts"].append({"seconds": round(time.time() - start, 1), "exit": code})
-    record.update(command=" ".join(shlex.quote(c) for c in cmd[1:]), label=label)
-    with open(record_path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(record_path + ".tmp", record_path)
-    if code != 0:
-        print(f"  failed with exit {code}; see {workdir}.log", flush=True)
-    return code
+    attempts_path = os.path.join(workdir, "benchmark.json")
+    attempts = json.load(open(attempts_path)) if os.path.exists(attempts_path) else []
+    if not os.path.exists(os.path.join(workdir, "metrics.json")):
+        print(f"[{time.strftime('%H:%M:%S')}] {label} split={split} seed={seed}: {' '.join(cmd[1:])}", flush=True)
+        start = time.time()
+        with open(workdir + ".log", "a") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        attempts.append({"seconds": round(time.time() - start, 1), "exit": code})
+        _write_json(attempts_path, attempts)
+        if code != 0:
+            print(f"  failed with exit {code}; see {workdir}.log", flush=True)
+            return code
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    _write_json(record_path(args, label, split, seed), {
+        "label": label, "method": method, "split": split, "seed": seed,
+        "command": " ".join(shlex.quote(os.path.relpath(c, ROOT) if os.path.isabs(c) else c) for c in cmd[1:]),
+        "wall_seconds": round(sum(a["seconds"] for a in attempts), 1), "attempts": len(attempts), "metrics": metrics})
+    return 0
+
+
+def _write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def finished(args):
-    """{label: [(seed, split, metrics, wall seconds, attempts)]} of the runs that have metrics.json."""
+    """{label: [(seed, metrics, wall seconds, attempts)]} of the runs that have a record."""
     results = {}
     for label, _method, split, seed, _extra in plan(args):
-        workdir = run_dir(args, label, split, seed)
-        metrics_path = os.path.join(workdir, "metrics.json")
-        if not os.path.exists(metrics_path):
-            continue
-        record_path = os.path.join(workdir, "benchmark.json")
-        attempts = json.load(open(record_path))["attempts"] if os.path.exists(record_path) else []
-        key = label if split == args.split else f"{label} ({split})"
-        results.setdefault(key, []).append(
-            (seed, json.load(open(metrics_path)), sum(a["seconds"] for a in attempts), len(attempts)))
+        path = record_path(args, label, split, seed)
+        if os.path.exists(path):
+            record = json.load(open(path))
+            key = label if split == args.split else f"{label} ({split})"
+            results.setdefault(key, []).append(
+                (seed, record["metrics"], record["wall_seconds"], record["attempts"]))
     return results
 
 
 def tables(args):
     """The benchmark's markdown: one row per run, then mean +- std and per-class IoU per method."""
     results = finished(args)
-    lines = [f"Runs in `{os.path.relpath(args.runs_dir, ROOT)}`, split {args.split}.", "",
+    lines = [f"Split {args.split}; records in `{os.path.relpath(args.records, ROOT)}`.", "",
              "| method | seed | stages (val mIoU) | val mIoU | wall time |", "|---|---|---|---|---|"]
     for label, runs in results.items():
         for seed, metrics, wall, attempts in runs:
@@ -142,8 +161,8 @@ def tables(args):
 
 
 def write_tables(args):
-    out = args.out or os.path.join(args.runs_dir, "results.md")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    out = os.path.join(args.records, "results.md")
+    os.makedirs(args.records, exist_ok=True)
     with open(out + ".tmp", "w") as f:
         f.write(tables(args))
     os.replace(out + ".tmp", out)
@@ -152,8 +171,9 @@ def write_tables(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    args.runs_dir = os.path.abspath(args.runs_dir)
-    todo = [r for r in plan(args) if not os.path.exists(os.path.join(run_dir(args, r[0], r[2], r[3]), "metrics.json"))]
+    args.runs_dir, args.records = os.path.abspath(args.runs_dir), os.path.abspath(args.records)
+    args.data_dir = os.path.normpath(args.data_dir)
+    todo = [r for r in plan(args) if not os.path.exists(record_path(args, r[0], r[2], r[3]))]
     print(f"{len(plan(args)) - len(todo)} runs finished, {len(todo)} to do", flush=True)
     if args.dry_run:
         for label, method, split, seed, extra in todo:

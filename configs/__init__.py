@@ -11,11 +11,15 @@ from tfsemiseg.config import Config
 from tfsemiseg.methods import METHODS
 
 
-def get_config(method, dataset):
-    if dataset not in datasets.DATASETS:
-        raise ValueError(f"Unknown --dataset={dataset!r}; choose one of {sorted(datasets.DATASETS)}.")
+def get_config(method, dataset, backbone=None):
+    """The paper / CPU setting of `method` on `dataset`; a `<dataset>:<backbone>` variant when one exists
+    for `backbone` (e.g. camvid:tiny, the from-scratch CamVid setting)."""
+    if dataset not in datasets.DATASETS or ":" in dataset:
+        names = sorted(d for d in datasets.DATASETS if ":" not in d)
+        raise ValueError(f"Unknown --dataset={dataset!r}; choose one of {names}.")
     if method not in METHODS:
         raise ValueError(f"Unknown --method={method!r}; choose one of {', '.join(sorted(METHODS))}.")
-    module = importlib.import_module(f"configs.{method}")
-    cfg = Config(method=method, dataset=dataset).replace(**datasets.DATASETS[dataset])
-    return cfg.replace(**module.SETTINGS.get(dataset, {}))
+    settings = importlib.import_module(f"configs.{method}").SETTINGS
+    key = f"{dataset}:{backbone}" if f"{dataset}:{backbone}" in datasets.DATASETS else dataset
+    cfg = Config(method=method, dataset=dataset).replace(**datasets.DATASETS[key])
+    return cfg.replace(**settings.get(key, settings.get(dataset, {})))

@@ -21,8 +21,9 @@ SETTINGS = {
     "cityscapes": dict(_PAPER, image_scale=1.0, eval_window=0, crop_size=721, base_size=2048,
                        lr=0.004 * 16 / 16, stage_epochs=240),
     "folder": dict(_PAPER, backbone="resnet50"),
-    # CPU-sized: the teacher is the SupOnly baseline (2000 iterations); each student trains 3000.
-    "camvid": dict(student_iterations=3000),
+    # CPU-sized: the teacher is the SupOnly baseline; each student trains 1.5x its iterations.
+    "camvid": dict(student_iterations=1200),
+    "camvid:tiny": dict(student_iterations=3000),
     # The README quickstart: three short fits, a few minutes on CPU.
     "synthetic": dict(iterations=1200, steps_per_epoch=200, student_iterations=1200),
 }

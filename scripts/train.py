@@ -30,9 +30,11 @@ flags.DEFINE_multi_string("set", [], "override any config field: --set name=valu
 flags.DEFINE_integer("iterations", None, "training iterations")
 flags.DEFINE_integer("batch_size", None, "global batch size")
 flags.DEFINE_integer("seed", None, "random seed (split draw, shuffling, initialisation)")
-flags.DEFINE_string("backbone", None, "resnet101 | resnet50 | small | tiny")
+flags.DEFINE_string("backbone", None, "resnet101 | resnet50 | efficientnet_lite0 | _lite1 | _lite2 | small | tiny "
+                    "(camvid: tiny selects the from-scratch setting)")
 flags.DEFINE_string("arch", None, "deeplabv2 | deeplabv3plus | pspnet")
-flags.DEFINE_string("backbone_weights", None, "'' (none), 'imagenet', or a path to keras.applications weights")
+flags.DEFINE_string("backbone_weights", None, "'' (none), 'imagenet', or a file (keras.applications ResNet "
+                    "weights, or an EfficientNet-Lite PyTorch state dict)")
 flags.DEFINE_string("eval_split", None, "split evaluated at the end (val, test, ...)")
 flags.DEFINE_bool("mixed_precision", None, "mixed_float16 on GPU (mixed_bfloat16 on CPU)")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the train step")
@@ -50,7 +52,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        cfg = configs.get_config(FLAGS.method, FLAGS.dataset)
+        cfg = configs.get_config(FLAGS.method, FLAGS.dataset, FLAGS.backbone)
         cfg = cfg.replace(**{k: FLAGS[k].value for k in DIRECT if FLAGS[k].value is not None})
         cfg = cfg.override(FLAGS.set)
         if not cfg.workdir:

@@ -26,3 +26,16 @@ def test_bad_overrides_name_the_problem():
 def test_json_round_trip():
     cfg = configs.get_config("suponly", "camvid")
     assert Config.from_json(cfg.to_json()) == cfg
+
+
+def test_camvid_is_pretrained_and_the_from_scratch_setting_is_reachable():
+    cfg = configs.get_config("suponly", "camvid")
+    assert (cfg.backbone, cfg.backbone_weights, cfg.arch, cfg.output_stride) == (
+        "efficientnet_lite0", "imagenet", "deeplabv3plus", 16)
+    scratch = configs.get_config("alss", "camvid", backbone="tiny")
+    assert (scratch.backbone, scratch.backbone_weights, scratch.image_scale, scratch.iterations) == ("tiny", "", 0.5, 2000)
+    assert scratch.d_lr == 1e-5 and configs.get_config("alss", "camvid").d_lr == 1e-4  # the paper's D lr
+    assert configs.get_config("st", "camvid", backbone="tiny").student_iterations == 3000
+    assert configs.get_config("suponly", "voc", backbone="tiny").backbone == "resnet101"  # no variant: the base
+    with pytest.raises(ValueError, match="Unknown --dataset='camvid:tiny'"):
+        configs.get_config("suponly", "camvid:tiny")

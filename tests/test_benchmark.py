@@ -1,0 +1,38 @@
+"""benchmarks/camvid_benchmark.py: runs seed by seed, records finished runs, skips them when run again."""
+
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("camvid_benchmark", os.path.join(ROOT, "benchmarks", "camvid_benchmark.py"))
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)
+
+
+def test_benchmark_runs_records_and_skips(camvid_tree, tmp_path, capsys):
+    args = ["--methods=suponly", "--seeds=0,1", "--upper_bound_seeds=", f"--data_dir={camvid_tree}", "--split=1_4",
+            f"--runs_dir={tmp_path / 'runs'}", f"--records={tmp_path / 'records'}", "--backbone=tiny",
+            "--set", "iterations=2", "--set", "steps_per_epoch=2", "--set", "crop_size=16", "--set", "batch_size=2",
+            "--set", "image_scale=1"]
+    assert benchmark.main(args) == 0
+    records = sorted(os.listdir(tmp_path / "records"))
+    assert records == ["results.md", "suponly_1_4_seed0.json", "suponly_1_4_seed1.json"]
+    record = json.load(open(tmp_path / "records" / "suponly_1_4_seed1.json"))
+    assert record["seed"] == 1 and record["metrics"]["steps"] == 2 and record["wall_seconds"] > 0
+    assert "--seed=1" in record["command"] and "--backbone=tiny" in record["command"]
+    table = open(tmp_path / "records" / "results.md").read()
+    assert "| suponly | 2 | **" in table and "+-" in table and "sky" in table
+
+    capsys.readouterr()
+    assert benchmark.main(args) == 0  # everything recorded: nothing runs again
+    assert "2 runs finished, 0 to do" in capsys.readouterr().out
+
+
+def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
+    args = benchmark.parse_args(["--methods=suponly,alss", "--seeds=0,1", "--upper_bound_seeds=0",
+                                 "--variant=alss_slow_d=alss --set d_lr=1e-5"])
+    order = [(label, split, seed) for label, _, split, seed, _ in benchmark.plan(args)]
+    assert order == [("suponly", "1_8", 0), ("alss", "1_8", 0), ("suponly", "full", 0), ("suponly", "1_8", 1),
+                     ("alss", "1_8", 1), ("alss_slow_d", "1_8", 0), ("alss_slow_d", "1_8", 1)]
+    assert benchmark.plan(args)[-1][4] == ["--set", "d_lr=1e-5"]
