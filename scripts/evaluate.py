@@ -22,7 +22,7 @@ def main(argv):
     del argv
     try:
         metrics = runner.evaluate(FLAGS.workdir, FLAGS.data_dir, FLAGS.eval_split)
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except (DataError, ValueError, OSError) as err:
         sys.exit(f"error: {err}")
     for name, iou in metrics["per_class_iou"].items():
         print(f"  {name:>14s}: {'-' if iou is None else f'{100 * iou:.1f}'}")

@@ -187,3 +187,4 @@ def test_deterministic_runs_and_a_killed_run_resumed_give_the_same_weights(tmp_p
     for workdir in runs[1:]:
         for a, b in zip(reference, _final_weights(workdir)):
             np.testing.assert_array_equal(a, b)
+

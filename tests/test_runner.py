@@ -170,3 +170,13 @@ def test_a_failed_final_evaluation_resumes_without_retraining(tmp_path, monkeypa
     assert runner.train(cfg, verbose=0)["steps"] == 6
     assert epochs_run == []  # both epochs restored from the kept backup
     assert not os.path.exists(os.path.join(cfg.workdir, "backup"))  # removed once metrics.json exists
+
+
+def test_evaluate_refuses_an_unwritable_run_before_computing(tmp_path, monkeypatch):
+    cfg = configs.get_config("suponly", "synthetic").replace(
+        workdir=str(tmp_path / "run"), iterations=2, steps_per_epoch=2, crop_size=32, batch_size=2)
+    runner.train(cfg, verbose=0)
+    monkeypatch.setattr(runner.os, "access", lambda path, mode: False)  # a read-only mount, even for root
+    monkeypatch.setattr(runner, "evaluate_model", lambda *a: pytest.fail("evaluated before checking"))
+    with pytest.raises(PermissionError, match="is not writable"):
+        runner.evaluate(cfg.workdir)

@@ -119,6 +119,9 @@ def evaluate(workdir, data_dir=None, eval_split=None):
     """Evaluate the final model of a run on `eval_split`; writes and returns metrics_<split>.json."""
     cfg, segmenter = load_run(workdir, data_dir)
     subset = eval_split or cfg.eval_split
+    if not os.access(workdir, os.W_OK):
+        raise PermissionError(f"{workdir} is not writable: metrics_{subset}.json could not be saved there. "
+                              "Make it writable, or copy the run directory somewhere writable first.")
     dataset = load_dataset(cfg)
     model = SegmentationMethod(segmenter, dataset.num_classes, eval_window=cfg.eval_window)
     model.compile()
