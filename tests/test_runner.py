@@ -98,7 +98,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path,
         runner.train(cfg, verbose=0)
     assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json"))
     assert not os.path.exists(os.path.join(cfg.workdir, "final"))
-    model = cls.create(cfg, 6)
+    model = cls.create(cfg, runner.load_dataset(cfg))
     model.load_weights(os.path.join(cfg.workdir, "checkpoints", "ckpt.weights.h5"))
     assert all(np.isfinite(v.numpy()).all() for v in model.segmenter.weights)  # epoch 1's weights
     assert os.path.isdir(os.path.join(cfg.workdir, "backup"))

@@ -115,7 +115,7 @@ class SegmentationImages(keras.callbacks.Callback):
     maps of `model.visualize` (prediction, and e.g. ALSS's confidence map and semi mask).
 
     Class maps are coloured with the VOC palette (ignore = light grey); float maps in [0, 1]
-    are shown as grayscale.
+    are shown as grayscale, and RGB maps [B, H, W, 3] as images.
     """
 
     def __init__(self, log_dir, images, labels):
@@ -139,6 +139,8 @@ class SegmentationImages(keras.callbacks.Callback):
 
     @staticmethod
     def colorize(maps):
+        if maps.shape.rank == 4:  # an RGB image (e.g. PseudoSeg's strong view) in [0, 255]
+            return tf.cast(tf.clip_by_value(maps, 0.0, 255.0), tf.uint8)
         if maps.dtype.is_floating:
             return tf.cast(tf.clip_by_value(maps, 0.0, 1.0)[..., None] * 255.0, tf.uint8) * tf.ones([3], tf.uint8)
         return tf.gather(tf.constant(VOC_COLORMAP, tf.uint8), tf.cast(maps, tf.int32))

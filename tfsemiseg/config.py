@@ -66,6 +66,12 @@ class Config:
     tta_scales: tuple = (0.5, 0.75, 1.0, 1.5, 2.0)  # pseudo-labelling test-time augmentation
     tta_flip: bool = True
     reliable_fraction: float = 0.5  # ST++: share of unlabeled images, most stable first, labeled first
+    # PseudoSeg (Zou et al. 2021)
+    lambda_u: float = 1.0  # weight of the consistency loss on the strong view
+    fusion_gamma: float = 0.5  # weight of the SGC in the fused pseudo-label (decoder: 1 - gamma)
+    pseudo_temperature: float = 0.5  # sharpening temperature T
+    attention_dim: int = 128  # SGC query / key width
+    image_labels: str = ""  # "" (predicted classes) or "masks": image-level labels from the unlabeled masks
 
     def validate(self):
         """Raise ValueError naming the flag of the first setting that cannot work (before anything runs)."""

@@ -9,7 +9,8 @@ import tensorflow as tf
 from tfsemiseg.data.io import IGNORE_LABEL
 
 
-def _masked_mean(values, mask):
+def masked_mean(values, mask):
+    """Mean of `values` where `mask` is set; 0 if it is set nowhere."""
     mask = tf.cast(mask, tf.float32)
     return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
 
@@ -23,7 +24,7 @@ def cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
     valid = labels != ignore_label
     logits = tf.cast(logits, tf.float32)
     per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.where(valid, labels, 0), logits)
-    return _masked_mean(per_pixel, valid)
+    return masked_mean(per_pixel, valid)
 
 
 def binary_cross_entropy(logits, target, mask=None):
@@ -33,5 +34,21 @@ def binary_cross_entropy(logits, target, mask=None):
         logits = logits[..., 0]
     targets = tf.broadcast_to(tf.cast(target, tf.float32), tf.shape(logits))
     per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(targets, logits)
-    return _masked_mean(per_pixel, tf.ones_like(per_pixel) if mask is None else mask)
+    return masked_mean(per_pixel, tf.ones_like(per_pixel) if mask is None else mask)
 
+
+
+def soft_cross_entropy(targets, logits, mask):
+    """-sum_c targets_c log softmax(logits)_c, averaged over pixels where `mask` is set; 0 if none.
+
+    targets: soft labels [B, H, W, C] (summing to 1); logits: [B, H, W, C]; mask: [B, H, W].
+    """
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+    per_pixel = -tf.reduce_sum(tf.cast(targets, tf.float32) * log_probs, axis=-1)
+    return masked_mean(per_pixel, mask)
+
+
+def multilabel_cross_entropy(logits, targets):
+    """Sigmoid cross-entropy of image-level logits [B, K] against multi-hot targets, mean over B x K."""
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(targets, tf.float32),
+                                                                   tf.cast(logits, tf.float32)))

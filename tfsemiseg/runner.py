@@ -95,7 +95,7 @@ def train(cfg, verbose=1, overwrite=False):
     if not issubclass(method, SegmentationMethod):
         return method.run(cfg, dataset, strategy, verbose)
     with strategy.scope():
-        model = method.create(cfg, dataset.num_classes)
+        model = method.create(cfg, dataset)
     log_dir = os.path.join(cfg.workdir, "logs")
     return fit_stage(model, method.train_data(dataset, cfg), cfg, dataset, cfg.workdir, log_dir,
                      callbacks=method.extra_callbacks(model, dataset, cfg, log_dir), verbose=verbose,

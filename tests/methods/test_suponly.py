@@ -19,7 +19,7 @@ def cfg():
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(cfg):
     ds = build_dataset("synthetic", split="full")
     batch = next(iter(labeled_stream(ds, cfg)))
-    model = SupOnly.create(cfg, ds.num_classes)
+    model = SupOnly.create(cfg, ds)
     history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=10, epochs=3, verbose=0)
     losses = history.history["loss_ce"]
     assert losses[-1] < 0.7 * losses[0]
@@ -30,7 +30,7 @@ def test_head_variables_get_the_head_lr_multiplier(cfg):
     cfg = cfg.replace(head_lr_mult=10.0, weight_decay=0.0)
     ds = build_dataset("synthetic", split="full")
     batch = next(iter(labeled_stream(ds, cfg)))
-    model = SupOnly.create(cfg, ds.num_classes)
+    model = SupOnly.create(cfg, ds)
     seg = model.segmenter
     head, back = seg.get_layer("head_aspp_1").kernel, seg.get_layer("conv1_conv").kernel
     with tf.GradientTape() as tape:

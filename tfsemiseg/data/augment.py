@@ -46,10 +46,10 @@ def pad_to(image, label, size):
 
 
 def random_crop(image, label, size):
-    """The same random `size` x `size` window of image and label."""
+    """The same random `size` x `size` window of image (any number of channels) and label."""
     stacked = tf.concat([image, tf.cast(label[..., None], tf.float32)], axis=-1)
-    stacked = tf.image.random_crop(stacked, [size, size, 4])
-    return stacked[..., :3], tf.cast(stacked[..., 3], tf.uint8)
+    stacked = tf.image.random_crop(stacked, [size, size, image.shape[-1] + 1])
+    return stacked[..., :-1], tf.cast(stacked[..., -1], tf.uint8)
 
 
 def random_flip(image, label):
@@ -106,9 +106,10 @@ class StrongAugment:
     """
 
     def __init__(self, jitter=(0.5, 0.5, 0.5, 0.25), p_jitter=0.8, p_gray=0.2, p_blur=0.5,
-                 blur_sigma=(0.1, 2.0), p_cutout=0.5, cutout_area=(0.02, 0.4)):
+                 blur_sigma=(0.1, 2.0), p_cutout=0.5, cutout_area=(0.02, 0.4), cutout_ratio=(0.3, 1 / 0.3)):
         b, c, s, h = jitter
-        self.p_jitter, self.p_cutout, self.cutout_area = p_jitter, p_cutout, cutout_area
+        self.p_jitter, self.p_cutout, self.cutout_area, self.cutout_ratio = p_jitter, p_cutout, cutout_area, cutout_ratio
+        self.p_gray, self.p_blur = p_gray, p_blur
         self.jitter = keras.layers.RandomColorJitter(
             value_range=(0, 255), brightness_factor=b, contrast_factor=c, saturation_factor=s, hue_factor=h)
         self.gray = keras.layers.RandomGrayscale(factor=p_gray)
@@ -117,8 +118,19 @@ class StrongAugment:
             factor=(p_blur, p_blur), kernel_size=2 * math.ceil(3 * blur_sigma[1]) + 1, sigma=blur_sigma,
             value_range=(0, 255))
 
+    @classmethod
+    def pseudoseg(cls, crop_size):
+        """PseudoSeg's strong view (Zou et al. 2021): colour jitter always (brightness, contrast,
+        saturation 0.5, hue 0.25), no grayscale or blur, one cutout square of 100 px per 513 px of crop."""
+        side = 100 / 513
+        return cls(p_jitter=1.0, p_gray=0.0, p_blur=0.0, p_cutout=1.0, cutout_area=(side ** 2, side ** 2),
+                   cutout_ratio=(1.0, 1.0))
+
     def __call__(self, image, label):
         image = tf.cond(tf.random.uniform([]) < self.p_jitter, lambda: self.jitter(image), lambda: image)
-        image = self.blur(self.gray(image))
+        if self.p_gray:
+            image = self.gray(image)
+        if self.p_blur:
+            image = self.blur(image)
         image = tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0)
-        return cutout(image, label, self.p_cutout, self.cutout_area)
+        return cutout(image, label, self.p_cutout, self.cutout_area, self.cutout_ratio)

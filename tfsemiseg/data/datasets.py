@@ -65,6 +65,12 @@ class SegDataset:
         return len(self.class_names)
 
     @property
+    def background(self):
+        """Index of the background class (VOC, synthetic: 0), or None where every class is a thing or
+        stuff category (CamVid, Cityscapes). Image-level methods (PseudoSeg's CAMs) treat it apart."""
+        return 0 if self.class_names and self.class_names[0] == "background" else None
+
+    @property
     def synthetic(self):
         return self.name == "synthetic"
 

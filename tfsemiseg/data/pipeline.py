@@ -62,24 +62,37 @@ def mixed_stream(streams, weights, cfg, seed=0, batch_size=None):
     return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None):
-    """Infinite shuffled batches of unlabeled crops (labels are never read).
+def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_labels=False):
+    """Infinite shuffled batches of unlabeled crops (labels are never read, unless `image_labels`).
 
     With `strong` (an `augment.StrongAugment`), each crop also gets a strongly augmented
-    view with the same geometry.
+    view with the same geometry. With `image_labels` (PseudoSeg's image-level variant), the
+    unlabeled images' masks are read for one purpose: "classes", uint8 [B, C], the classes
+    present in each crop (derived from the crop's mask, as the official code does).
     """
     def prepare(example):
         example = _prescale(example, cfg.image_scale)
         image = tf.cast(example["image"], tf.float32)
-        image, pad = augment.weak_augment(image, tf.zeros(tf.shape(image)[:2], tf.uint8), cfg.crop_size,
-                                          cfg.scale_range, cfg.base_size)
+        if image_labels:
+            # A 4th channel of ones marks the image through scale / pad / crop / flip: 0 where padded.
+            marked = tf.concat([image, tf.ones_like(image[..., :1])], axis=-1)
+            marked, label = augment.weak_augment(marked, example["label"], cfg.crop_size, cfg.scale_range,
+                                                 cfg.base_size)
+            image, valid = marked[..., :3], marked[..., 3] > 0.5
+            pad = tf.where(valid, tf.constant(0, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8))
+        else:
+            image, pad = augment.weak_augment(image, tf.zeros(tf.shape(image)[:2], tf.uint8), cfg.crop_size,
+                                              cfg.scale_range, cfg.base_size)
         out = {"image": image, "valid": tf.cast(pad != IGNORE_LABEL, tf.uint8)}
+        if image_labels:
+            out["classes"] = tf.cast(tf.reduce_max(tf.one_hot(tf.cast(label, tf.int32), dataset.num_classes,
+                                                               dtype=tf.uint8), axis=[0, 1]), tf.uint8)
         if strong is not None:
             image_s, pad_s = strong(image, pad)
             out.update(image_strong=image_s, valid_strong=tf.cast(pad_s != IGNORE_LABEL, tf.uint8))
         return out
 
-    ds = dataset.examples("unlabeled", shuffle_seed=seed, repeat=True, with_label=False)
+    ds = dataset.examples("unlabeled", shuffle_seed=seed, repeat=True, with_label=image_labels)
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 

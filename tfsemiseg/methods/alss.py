@@ -19,7 +19,7 @@ Gradients are isolated: L_seg is differentiated w.r.t. S's variables only and L_
 D's only (D's "fake" input is the same forward pass, so D runs three times per step, not four;
 D has no BatchNorm or dropout, so its training flag changes nothing).
 
-    model = AdvSemiSeg.create(cfg, num_classes)          # compiled with both optimizers
+    model = AdvSemiSeg.create(cfg, dataset)              # compiled with both optimizers
     model.fit(AdvSemiSeg.train_data(dataset, cfg), ...)  # {"labeled", "unlabeled", "real"} batches
 """
 
@@ -46,7 +46,8 @@ class AdvSemiSeg(SegmentationMethod):
         self.T_semi, self.semi_start, self.semi_start_adv = T_semi, semi_start, semi_start_adv
 
     @classmethod
-    def create(cls, cfg, num_classes):
+    def create(cls, cfg, dataset):
+        num_classes = dataset.num_classes
         model = cls(build_from_config(cfg, num_classes), build_discriminator(num_classes), num_classes,
                     lambda_adv=cfg.lambda_adv, lambda_semi_adv=cfg.lambda_semi_adv, lambda_semi=cfg.lambda_semi,
                     T_semi=cfg.T_semi, semi_start=cfg.semi_start, semi_start_adv=cfg.semi_start_adv,

@@ -37,8 +37,8 @@ class SegmentationMethod(keras.Model):
         self.built = True  # the networks are functional models, built at construction
 
     @classmethod
-    def create(cls, cfg, num_classes):
-        """The compiled method for a `Config` (implemented by each method)."""
+    def create(cls, cfg, dataset):
+        """The compiled method for a `Config` and a `SegDataset` (implemented by each method)."""
         raise NotImplementedError
 
     @staticmethod
@@ -54,14 +54,15 @@ class SegmentationMethod(keras.Model):
     def compile(self, optimizer=None, **kwargs):
         """Keras' compile, with the segmenter's optimizer built on the segmenter's variables now.
 
-        Built here, under the strategy scope, on exactly the variables `update_segmenter` steps.
+        Built here, under the strategy scope, on exactly the variables `update_segmenter` steps
+        (`optimized_variables`).
         Left lazy, a resumed run would build it when restoring the backup, on *all* the model's
         trainable variables (ALSS's discriminator included): a different variable count, so Keras
         skipped the saved optimizer state and the run silently restarted its LR schedule.
         """
         super().compile(optimizer=optimizer, **kwargs)
         if optimizer is not None:
-            self.optimizer.build(self.segmenter.trainable_variables)
+            self.optimizer.build(self.optimized_variables())
 
     def call(self, images, training=False):
         return self.segmenter(images, training=training)
@@ -103,9 +104,14 @@ class SegmentationMethod(keras.Model):
             grads = [g * m if m != 1.0 else g for g, m in zip(grads, lr_multipliers)]
         optimizer.apply_gradients(zip(grads, variables))
 
+    def optimized_variables(self):
+        """What the compiled optimizer steps: the segmenter's trainable variables, and those of the
+        heads a method trains with it (PseudoSeg's classifier and SGC). ALSS's discriminator has its own."""
+        return self.segmenter.trainable_variables
+
     def update_segmenter(self, tape, loss):
-        """Step the segmenter's (compiled) optimizer on `loss`, head layers at `head_lr_mult` x LR."""
-        variables = self.segmenter.trainable_variables
+        """Step the compiled optimizer on `loss` for `optimized_variables`, `head_*` layers at `head_lr_mult` x LR."""
+        variables = self.optimized_variables()
         self.minimize(tape, loss, variables, self.optimizer, optim.lr_multipliers(variables, self.head_lr_mult))
 
     def log(self, **values):

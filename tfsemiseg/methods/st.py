@@ -161,7 +161,7 @@ class SelfTraining:
         cfg = self.stage_config(stage, len(pseudo))
         keras.utils.set_random_seed(cfg.seed + int(stage.split("_")[0]))  # a fresh, reproducible init
         with self.strategy.scope():
-            model = SupOnly.create(cfg, self.dataset.num_classes)
+            model = SupOnly.create(cfg, self.dataset)
         log_dir = os.path.join(self.workdir, "logs", stage)
         callbacks = SupOnly.extra_callbacks(model, self.dataset, cfg, log_dir)
         if not pseudo:

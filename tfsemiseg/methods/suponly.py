@@ -3,7 +3,7 @@
 Trains the segmenter on the labeled split only, with pixel-wise cross-entropy (ignore 255),
 SGD + momentum, poly LR decay, weight decay and a 10x head LR (the DeepLab recipe).
 
-    model = SupOnly.create(cfg, num_classes)
+    model = SupOnly.create(cfg, dataset)
     model.fit(SupOnly.train_data(dataset, cfg), steps_per_epoch=..., epochs=...)
 """
 
@@ -19,8 +19,8 @@ class SupOnly(SegmentationMethod):
     loss_names = ("loss_ce",)
 
     @classmethod
-    def create(cls, cfg, num_classes):
-        model = cls(build_from_config(cfg, num_classes), num_classes, head_lr_mult=cfg.head_lr_mult,
+    def create(cls, cfg, dataset):
+        model = cls(build_from_config(cfg, dataset.num_classes), dataset.num_classes, head_lr_mult=cfg.head_lr_mult,
                     eval_window=cfg.eval_window)
         model.compile(optimizer=optim.poly_sgd(cfg.lr, cfg.iterations, cfg.momentum, cfg.weight_decay),
                       jit_compile=cfg.jit_compile)
