@@ -108,10 +108,11 @@ class SelfAttentionGradCAM(layers.Layer):
         self.norm = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, scale=False, name="head_sgc_bn")
 
     def build(self, hypercolumn_shape, cam_shape=None, valid_shape=None):
-        self.query.build(hypercolumn_shape)
-        self.key.build(hypercolumn_shape)
-        self.classifier.build((None, None, None, self.num_classes))
-        self.norm.build((None, None, None, self.num_classes))
+        for layer, shape in ((self.query, hypercolumn_shape), (self.key, hypercolumn_shape),
+                             (self.classifier, (None, None, None, self.num_classes)),
+                             (self.norm, (None, None, None, self.num_classes))):
+            if not layer.built:
+                layer.build(shape)
 
     def attention(self, hypercolumn, valid):
         """Attention weights [B, N, N] over the N = h * w positions; invalid queries and keys masked."""

@@ -1,0 +1,135 @@
+"""PseudoSeg: fusion, Grad-CAM, the SGC's attention mask, gradient isolation, the image-level variant, a fit."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import configs
+from tfsemiseg import losses, runner
+from tfsemiseg.data import build_dataset, pipeline
+from tfsemiseg.methods.pseudoseg import (PseudoSeg, SelfAttentionGradCAM, build_classifier, fuse_pseudo_labels,
+                                         grad_cam, present_classes)
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_fusion_calibrates_with_one_scalar_averages_and_sharpens():
+    p = np.array([[[[2.0, 0.0, -1.0]]], [[[0.5, 0.5, 0.0]]]], np.float32)  # [2, 1, 1, 3]
+    m = np.array([[[[0.0, 3.0, 0.0]]], [[[1.0, -1.0, 2.0]]]], np.float32)
+    s = 1 / np.sqrt(np.mean(np.concatenate([p, m]) ** 2) + 1e-8)
+    fused = 0.5 * softmax(s * p) + 0.5 * softmax(s * m)
+    expected = fused ** 2 / (fused ** 2).sum(-1, keepdims=True)  # T = 0.5
+    np.testing.assert_allclose(fuse_pseudo_labels(p, m, 0.5, 0.5), expected, rtol=1e-5)
+    np.testing.assert_allclose(fuse_pseudo_labels(p, m, 0.0, 1.0), softmax(s * p), rtol=1e-5)  # decoder only
+    assert (np.max(expected, -1) > np.max(fused, -1)).all()  # sharpening raises the winning class
+
+
+def test_pseudo_labels_and_cams_carry_no_gradient():
+    p, m = tf.Variable(tf.random.normal([1, 4, 4, 3])), tf.Variable(tf.random.normal([1, 4, 4, 3]))
+    features = tf.Variable(tf.random.uniform([2, 5, 5, 8]))
+    classifier = build_classifier(8, 3)
+    with tf.GradientTape(persistent=True) as tape:
+        fused = tf.reduce_sum(fuse_pseudo_labels(p, m) * tf.range(3, dtype=tf.float32))
+        cam = tf.reduce_sum(grad_cam(features, classifier, tf.ones([2, 3])))
+    assert tape.gradient(fused, [p, m]) == [None, None]
+    assert tape.gradient(cam, features) is None
+
+
+def test_grad_cam_equals_the_closed_form_cam_of_the_linear_head():
+    rng = np.random.default_rng(0)
+    features = rng.uniform(0, 1, (2, 6, 7, 16)).astype("float32")
+    classifier = build_classifier(16, 4)
+    weights = classifier.get_layer("head_cls_logits").kernel.numpy()  # [16, 4]
+    classes = np.array([[1, 0, 1, 1], [0, 1, 0, 0]], np.float32)
+    cam = grad_cam(features, classifier, classes).numpy()
+    closed = np.maximum(np.einsum("bhwd,dk->bhwk", features, weights), 0) * classes[:, None, None]
+    peak = closed.max(axis=(1, 2), keepdims=True)
+    expected = np.divide(closed, peak, out=np.zeros_like(closed), where=peak > 0)
+    np.testing.assert_allclose(cam, expected, atol=1e-5)
+    assert cam[1, ..., 0].max() == 0 and cam[0, ..., 1].max() == 0  # absent classes are empty
+
+
+def test_attention_masks_padding_and_cutout():
+    sgc = SelfAttentionGradCAM(3, background=True, attention_dim=8)
+    rng = np.random.default_rng(1)
+    hyper = rng.normal(size=(1, 4, 4, 12)).astype("float32")
+    cam = rng.uniform(size=(1, 4, 4, 2)).astype("float32")
+    valid = np.ones((1, 4, 4), bool)
+    valid[0, 3, :] = False   # padding row
+    valid[0, 0, 0] = False   # a cutout pixel
+    weights = sgc.attention(hyper, valid).numpy()[0]  # [16, 16]
+    flat = valid.reshape(-1)
+    assert np.allclose(weights[flat][:, ~flat], 0) and np.allclose(weights[flat].sum(-1), 1)
+    # What lies under the mask cannot change the valid positions' output.
+    out = sgc(hyper, cam, valid, training=False).numpy()
+    hyper2, cam2 = hyper.copy(), cam.copy()
+    hyper2[0, 3] += 5.0
+    cam2[0, 3] = 1.0 - cam2[0, 3]
+    out2 = sgc(hyper2, cam2, valid, training=False).numpy()
+    np.testing.assert_allclose(out.reshape(16, 3)[flat], out2.reshape(16, 3)[flat], atol=1e-5)
+    assert out.shape == (1, 4, 4, 3)  # background channel prepended: 1 + 2 classes
+
+
+def test_present_classes_drops_background_only_when_the_dataset_has_one():
+    labels = np.array([[[0, 2], [255, 2]]], np.uint8)
+    np.testing.assert_array_equal(present_classes(labels, 3, background=0), [[0, 1]])
+    np.testing.assert_array_equal(present_classes(labels, 3, background=None), [[1, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    cfg = configs.get_config("pseudoseg", "synthetic").replace(crop_size=32, batch_size=2, iterations=4,
+                                                               steps_per_epoch=2)
+    return cfg, build_dataset("synthetic", split="1_16")
+
+
+def test_loss_sa_trains_only_the_sgc(synthetic):
+    cfg, dataset = synthetic
+    model = PseudoSeg.create(cfg, dataset)
+    batch = next(iter(pipeline.labeled_stream(dataset, cfg)))
+    x, y = batch["image"], batch["label"]
+    with tf.GradientTape() as tape:
+        hyper, features, _ = model.forward(x, training=True)
+        cam = grad_cam(features, model.classifier, present_classes(y, dataset.num_classes, dataset.background))
+        sgc = model.sgc(hyper, cam, tf.ones(tf.shape(cam)[:3], tf.bool), training=True)
+        loss_sa = losses.cross_entropy(y, model.resize(sgc, x))
+    variables = model.optimized_variables()
+    grads = dict(zip([v.path for v in variables], tape.gradient(loss_sa, variables)))
+    sgc_paths = {v.path for v in model.sgc.trainable_variables}
+    assert sgc_paths and all(grads[p] is not None for p in sgc_paths)
+    assert all(g is None for p, g in grads.items() if p not in sgc_paths)
+
+
+def test_image_level_variant_uses_the_given_classes(synthetic, monkeypatch):
+    cfg, dataset = synthetic
+    cfg = cfg.replace(image_labels="masks")
+    model = PseudoSeg.create(cfg, dataset)
+    monkeypatch.setattr(PseudoSeg, "predicted_classes", lambda *a: pytest.fail("predicted instead of given"))
+    data = PseudoSeg.train_data(dataset, cfg)
+    batch = next(iter(data))
+    given = batch["unlabeled"]["classes"].numpy()
+    assert given.shape == (2, dataset.num_classes)
+    model.train_step(batch)
+    expected = given[:, 1:].sum(-1).mean()  # background dropped
+    assert float(model.trackers["classes_per_image"].result()) == pytest.approx(expected)
+
+
+def test_unlabeled_image_labels_are_the_classes_in_the_crop(synthetic):
+    cfg, dataset = synthetic
+    batch = next(iter(pipeline.unlabeled_stream(dataset, cfg, image_labels=True)))
+    assert set(batch) == {"image", "valid", "classes"}
+    classes = batch["classes"].numpy()
+    assert classes.dtype == np.uint8 and classes.max() <= 1 and (classes.sum(-1) >= 1).all()
+
+
+def test_a_few_steps_on_synthetic_then_evaluate(synthetic, tmp_path):
+    cfg, _ = synthetic
+    cfg = cfg.replace(workdir=str(tmp_path / "run"))
+    metrics = runner.train(cfg, verbose=0)
+    assert metrics["method"] == "pseudoseg" and metrics["steps"] == 4 and 0 <= metrics["miou"] <= 1
+    assert (tmp_path / "run" / "final" / "segmenter.keras").exists()
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+    assert events  # losses and the CAM / SGC / pseudo-label images
