@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 import configs
@@ -9,7 +11,7 @@ def test_paper_settings_and_overrides():
     assert (cfg.arch, cfg.backbone, cfg.crop_size, cfg.batch_size, cfg.split) == ("deeplabv2", "resnet101", 321, 10, "1464")
     cfg = cfg.override(["lr=0.01", "scale_range=0.75,1.25", "freeze_bn=false", "iterations=7"])
     assert cfg.lr == 0.01 and cfg.scale_range == (0.75, 1.25) and cfg.freeze_bn is False and cfg.iterations == 7
-    cfg = cfg.override(["class_names=sky,road", "d_lr=1e-5", "aspp_rates=2,4"])
+    cfg = cfg.replace(method="alss").override(["class_names=sky,road", "d_lr=1e-5", "aspp_rates=2,4"])
     assert cfg.class_names == ("sky", "road") and cfg.d_lr == 1e-5 and cfg.aspp_rates == (2, 4)
 
 
@@ -39,3 +41,13 @@ def test_camvid_is_pretrained_and_the_from_scratch_setting_is_reachable():
     assert configs.get_config("suponly", "voc", backbone="tiny").backbone == "resnet101"  # no variant: the base
     with pytest.raises(ValueError, match="Unknown --dataset='camvid:tiny'"):
         configs.get_config("suponly", "camvid:tiny")
+
+
+def test_a_method_owns_its_hyperparameters():
+    alss = configs.get_config("alss", "camvid")
+    saved = json.loads(alss.to_json())
+    assert "d_lr" in saved and "lambda_u" not in saved and "tta_scales" not in saved  # its own and the shared
+    assert Config.from_json(alss.to_json()) == alss
+    with pytest.raises(ValueError, match="--set lambda_u: a setting of --method=pseudoseg, not of --method=alss"):
+        alss.override(["lambda_u=2"])
+    assert configs.get_config("stpp", "camvid").override(["reliable_fraction=0.3"]).reliable_fraction == 0.3

@@ -2,10 +2,20 @@
 
 Paper settings live in `configs/<method>.py` as plain Python; every field can be overridden
 with `--set name=value` (typed by the field's default) or a dedicated flag.
+
+A method's own hyperparameters are declared with `owned_by(...)`: they are settable and saved
+(config.json) only for that method, so a run's config lists the shared settings and its own
+method's, and `--set lambda_u=2 --method=alss` is an error instead of a silently ignored value.
+(Why one flat class rather than a dataclass per method: BUILD.md, "Configuration".)
 """
 
 import dataclasses
 import json
+
+
+def owned_by(default, *methods):
+    """A field that belongs to `methods` (e.g. "alss"; ST and ST++ share theirs)."""
+    return dataclasses.field(default=default, metadata={"methods": methods})
 
 
 @dataclasses.dataclass
@@ -51,27 +61,29 @@ class Config:
     distribute: str = "none"  # none | mirrored | multiworker
     deterministic: bool = False  # op determinism + a resumable fixed data stream: same result every run (CPU)
     # ALSS (Hung et al. 2018)
-    lambda_adv: float = 0.01
-    lambda_semi_adv: float = 0.001
-    lambda_semi: float = 0.1
-    T_semi: float = 0.2
-    semi_start: int = 5000
-    semi_start_adv: int = 0
-    d_lr: float = 1e-4
-    d_beta_1: float = 0.9
-    d_beta_2: float = 0.99
+    lambda_adv: float = owned_by(0.01, "alss")
+    lambda_semi_adv: float = owned_by(0.001, "alss")
+    lambda_semi: float = owned_by(0.1, "alss")
+    T_semi: float = owned_by(0.2, "alss")
+    semi_start: int = owned_by(5000, "alss")
+    semi_start_adv: int = owned_by(0, "alss")
+    d_lr: float = owned_by(1e-4, "alss")
+    d_beta_1: float = owned_by(0.9, "alss")
+    d_beta_2: float = owned_by(0.99, "alss")
     # ST / ST++ (Yang et al. 2022)
-    stage_epochs: int = 0  # > 0: every training stage runs this many epochs over its own image list (paper: 80)
-    student_iterations: int = 0  # with stage_epochs 0: iterations of each student (0: `iterations`)
-    tta_scales: tuple = (0.5, 0.75, 1.0, 1.5, 2.0)  # pseudo-labelling test-time augmentation
-    tta_flip: bool = True
-    reliable_fraction: float = 0.5  # ST++: share of unlabeled images, most stable first, labeled first
+    # stage_epochs > 0: every training stage runs this many epochs over its own image list (paper: 80);
+    # else each student trains student_iterations (0: `iterations`).
+    stage_epochs: int = owned_by(0, "st", "stpp")
+    student_iterations: int = owned_by(0, "st", "stpp")
+    tta_scales: tuple = owned_by((0.5, 0.75, 1.0, 1.5, 2.0), "st", "stpp")  # pseudo-labelling TTA
+    tta_flip: bool = owned_by(True, "st", "stpp")
+    reliable_fraction: float = owned_by(0.5, "st", "stpp")  # ST++: share of unlabeled images deemed reliable
     # PseudoSeg (Zou et al. 2021)
-    lambda_u: float = 1.0  # weight of the consistency loss on the strong view
-    fusion_gamma: float = 0.5  # weight of the SGC in the fused pseudo-label (decoder: 1 - gamma)
-    pseudo_temperature: float = 0.5  # sharpening temperature T
-    attention_dim: int = 128  # SGC query / key width
-    image_labels: str = ""  # "" (predicted classes) or "masks": image-level labels from the unlabeled masks
+    lambda_u: float = owned_by(1.0, "pseudoseg")  # weight of the consistency loss on the strong view
+    fusion_gamma: float = owned_by(0.5, "pseudoseg")  # the SGC's share of the fused pseudo-label
+    pseudo_temperature: float = owned_by(0.5, "pseudoseg")  # sharpening temperature T
+    attention_dim: int = owned_by(128, "pseudoseg")  # SGC query / key width
+    image_labels: str = owned_by("", "pseudoseg")  # "": predicted classes; "masks": from the unlabeled masks
 
     def validate(self):
         """Raise ValueError naming the flag of the first setting that cannot work (before anything runs)."""
@@ -114,11 +126,20 @@ class Config:
             name = name.strip()
             if name not in fields:
                 self.replace(**{name: None})  # raises with the list of valid fields
+            if self.owners(name) and self.method not in self.owners(name):
+                raise ValueError(f"--set {name}: a setting of --method={' / '.join(self.owners(name))}, "
+                                 f"not of --method={self.method}.")
             changes[name] = _parse(value, getattr(self, name), name)
         return self.replace(**changes)
 
+    def owners(self, name):
+        """The methods a field belongs to; () for settings every method shares."""
+        return self.__dataclass_fields__[name].metadata.get("methods", ())
+
     def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        """The shared settings and this method's own (other methods' fields are left out)."""
+        own = {k: v for k, v in dataclasses.asdict(self).items() if self.method in self.owners(k) or not self.owners(k)}
+        return json.dumps(own, indent=2)
 
     @classmethod
     def from_json(cls, text):
