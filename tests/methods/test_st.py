@@ -228,3 +228,37 @@ def test_paper_settings():
     assert not voc.freeze_bn and voc.tta_scales == (0.5, 0.75, 1.0, 1.5, 2.0) and voc.reliable_fraction == 0.5
     city = configs.get_config("st", "cityscapes")
     assert (city.crop_size, city.base_size, city.lr, city.stage_epochs, city.image_scale) == (721, 2048, 0.004, 240, 1.0)
+
+
+def test_stpp_killed_in_a_student_and_resumed_ends_as_an_uninterrupted_run(tmp_path):
+    """SIGKILL while the stage-4 student trains (after its first backup), rerun: same final weights."""
+    import signal
+    import time
+
+    sets = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in dict(TINY, student_iterations=6).items()]
+    args = ["--method=stpp", "--dataset=synthetic", "--deterministic", "--seed=2", "--verbose=0", *sets]
+    script = os.path.join(ROOT, "scripts", "train.py")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = subprocess.run([sys.executable, script, f"--workdir={whole}", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    proc = subprocess.Popen([sys.executable, script, f"--workdir={killed}", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = killed / "4_student_reliable" / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while not metadata.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "4_student_reliable" / "metrics.json").exists(), "killed too late"
+    proc = subprocess.run([sys.executable, script, f"--workdir={killed}", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    import tfsemiseg.models  # noqa: F401
+    a, b = (keras.saving.load_model(str(d / "final" / "segmenter.keras")) for d in (whole, killed))
+    for wa, wb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+    assert (json.load(open(whole / "metrics.json"))["miou"] == json.load(open(killed / "metrics.json"))["miou"])
