@@ -57,7 +57,8 @@ def _check_resume(cfg):
     if os.path.exists(path) and _has_state(cfg.workdir):
         previous = Config.from_json(open(path).read())
         diff = {k: (v, getattr(cfg, k)) for k, v in vars(previous).items()
-                if k not in LOCATION_FIELDS and getattr(cfg, k) != v}
+                if k not in LOCATION_FIELDS and getattr(cfg, k) != v
+                and (cfg.method in cfg.owners(k) or not cfg.owners(k))}  # another method's field: unused
         if diff:
             raise ValueError(f"{cfg.workdir} holds a run with another configuration (changed: {diff}). "
                              "Use a new --workdir, or pass --overwrite to start over.")

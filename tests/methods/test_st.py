@@ -230,6 +230,7 @@ def test_paper_settings():
     assert (city.crop_size, city.base_size, city.lr, city.stage_epochs, city.image_scale) == (721, 2048, 0.004, 240, 1.0)
 
 
+@pytest.mark.slow
 def test_stpp_killed_in_a_student_and_resumed_ends_as_an_uninterrupted_run(tmp_path):
     """SIGKILL while the stage-4 student trains (after its first backup), rerun: same final weights."""
     import signal

@@ -12,7 +12,6 @@ the pipeline; a file that TensorFlow cannot decode (truncated, corrupt body) is 
 
 import contextlib
 import os
-import re
 
 import numpy as np
 import tensorflow as tf
@@ -182,7 +181,9 @@ def assertion_text(message):
     follows "Graph execution error:" and node names): "[a] [b] [c]" -> "a b c"."""
     line = next(line for line in message.splitlines() if "assertion failed" in line)
     text = line.split("assertion failed:", 1)[1].strip()
-    return re.sub(r"\[([^\[\]]*)\]", r"\1", text)
+    if text.startswith("[") and text.endswith("]"):
+        text = " ".join(text[1:-1].split("] ["))
+    return text
 
 
 @contextlib.contextmanager
