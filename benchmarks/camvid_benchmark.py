@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="suponly,alss,st,stpp", help="comma-separated --method values")
+    parser.add_argument("--methods", default="suponly,alss,st,stpp,pseudoseg", help="comma-separated --method values")
     parser.add_argument("--variant", action="append", default=[], help="LABEL=METHOD [train.py args] (repeatable)")
     parser.add_argument("--split", default="1_8")
     parser.add_argument("--seeds", default="0,1,2")

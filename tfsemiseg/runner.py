@@ -3,7 +3,7 @@
 A run directory (`workdir`) holds:
 
     config.json              the full configuration of the run
-    backup/                  keras.callbacks.BackupAndRestore state: rerunning resumes
+    backup/                  BackupAndRestore state: rerunning resumes (removed once metrics.json exists)
     checkpoints/             weights after every epoch (`ckpt.weights.h5`)
     logs/                    TensorBoard
     final/segmenter.keras    the trained segmenter (raw RGB in, logits out)

@@ -3,7 +3,8 @@
 `fit_stage(model, train_data, cfg, dataset, stage_dir)` trains for `cfg.iterations` and leaves in
 `stage_dir`:
 
-    backup/                  keras.callbacks.BackupAndRestore state: rerunning resumes mid-stage
+    backup/                  BackupAndRestore state (this epoch's and the previous one's): rerunning
+                             resumes; removed once metrics.json exists
     checkpoints/             weights after every epoch (`ckpt.weights.h5`)
     final/segmenter.keras    the trained segmenter (raw RGB in, logits out)
     metrics.json             written last: its presence means the stage is finished
