@@ -56,11 +56,17 @@ for path in {images!r}:
     out[path] = dict(bytes=by_bytes["classes"].numpy()[0].tolist(), pixels=by_pixels["classes"].numpy()[0].tolist(),
                      float=by_float["labels"].numpy()[0].tolist(), dtype=by_bytes["classes"].dtype.name,
                      confidence=float(tf.reduce_min(by_bytes["confidence"])))
+try:  # a rank-3 image is refused by the declared signature, with a message (not an abort)
+    model.signatures["serve_pixels"](images=tf.zeros([8, 8, 3], tf.uint8))
+    out["rank3"] = "accepted"
+except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
+    out["rank3"] = str(err)
 json.dump(out, sys.stdout)
 """
     proc = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     served = json.loads(proc.stdout)
+    assert "must be 4-dimensional" in served.pop("rank3")  # an error for the client; the server lives on
     for path in images:
         predicted = tf.io.decode_png(tf.io.read_file(str(tmp_path / "pred" / os.path.basename(path)))).numpy()[..., 0]
         result = served[path]
