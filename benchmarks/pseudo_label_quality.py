@@ -1,9 +1,14 @@
-"""How good are a run's pseudo-labels? mIoU of each ST / ST++ labelling stage against the ground truth.
+"""How good are a run's pseudo-labels? mIoU of each ST / ST++ labelling stage against the ground truth;
+for a PseudoSeg run, of each source of its pseudo-labels (decoder, CAM, SGC, fused) on the unlabeled images.
 
 Only for datasets whose unlabeled images do have labels on disk (e.g. CamVid's train split, where
 the semi-supervised split hides them): the training never reads them, this script does.
 
     python benchmarks/pseudo_label_quality.py /work/runs/stpp_camvid_1_8 [more run dirs] [--focus=fence]
+
+PseudoSeg's sources are recomputed from the run's last checkpoint (segmenter, classification head
+and SGC), on whole unlabeled images at the run's image_scale, with predicted image classes (or, for
+an image-labels run, the classes in each mask).
 
 With --focus=<class>, also that class's recall and precision in the pseudo-labels, and its share of
 pseudo-labeled pixels against its share of ground-truth pixels.
@@ -37,6 +42,27 @@ def stage_quality(stage_dirs, dataset):
     return len(pairs), float(miou.result()), miou
 
 
+def pseudoseg_quality(run_dir, cfg, dataset):
+    """{source: MeanIoU} of PseudoSeg's pseudo-label sources on the unlabeled images."""
+    from tfsemiseg.data import pipeline
+    from tfsemiseg.methods.pseudoseg import PseudoSeg, present_classes
+
+    model = PseudoSeg.create(cfg, dataset)
+    model.load_weights(os.path.join(run_dir, "checkpoints", "ckpt.weights.h5"))
+    results = {name: metrics.MeanIoU(dataset.num_classes) for name in ("decoder", "cam", "sgc", "fused")}
+
+    def prepare(example):
+        return pipeline.prescale(example, cfg.image_scale)
+
+    for example in dataset.examples("unlabeled").map(prepare).batch(1):
+        images, labels = tf.cast(example["image"], tf.float32), example["label"]
+        given = present_classes(labels, dataset.num_classes, dataset.background) if cfg.image_labels else None
+        for name, prediction in model.pseudo_label_views(images, given).items():
+            if name in results:
+                results[name].update_state(labels, tf.one_hot(prediction, dataset.num_classes))
+    return results
+
+
 def focus_report(miou, index):
     cm = np.asarray(miou.total_cm, np.float64)  # rows: ground truth, columns: pseudo-label
     tp = cm[index, index]
@@ -51,6 +77,14 @@ def main(run_dirs, focus=None):
         cfg, _ = runner.load_run(run_dir)
         dataset = runner.load_dataset(cfg)
         print(f"{run_dir}  ({cfg.method}, {cfg.dataset} {cfg.split})")
+        if cfg.method == "pseudoseg":
+            print("  source     pseudo-label mIoU  per class")
+            for name, miou in pseudoseg_quality(run_dir, cfg, dataset).items():
+                classes = " ".join("-" if np.isnan(v) else f"{100 * v:.0f}" for v in miou.per_class_iou())
+                print(f"  {name:9s}  {100 * float(miou.result()):17.2f}  {classes}")
+                if focus:
+                    print(f"  {'':9s}  {focus}: {focus_report(miou, dataset.class_names.index(focus))}")
+            continue
         print("  stage                 images  pseudo-label mIoU  per class")
         stages = [s for s in sorted(os.listdir(run_dir)) if os.path.isfile(os.path.join(run_dir, s, "labels.txt"))]
         rows = [(stage, [stage]) for stage in stages] + ([("all together", stages)] if len(stages) > 1 else [])

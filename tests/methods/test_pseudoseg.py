@@ -125,11 +125,25 @@ def test_unlabeled_image_labels_are_the_classes_in_the_crop(synthetic):
     assert classes.dtype == np.uint8 and classes.max() <= 1 and (classes.sum(-1) >= 1).all()
 
 
-def test_a_few_steps_on_synthetic_then_evaluate(synthetic, tmp_path):
-    cfg, _ = synthetic
+def test_a_few_steps_on_synthetic_then_evaluate_and_measure_the_pseudo_labels(synthetic, tmp_path):
+    import dataclasses
+    import importlib.util
+    import os
+
+    cfg, dataset = synthetic
     cfg = cfg.replace(workdir=str(tmp_path / "run"))
     metrics = runner.train(cfg, verbose=0)
     assert metrics["method"] == "pseudoseg" and metrics["steps"] == 4 and 0 <= metrics["miou"] <= 1
     assert (tmp_path / "run" / "final" / "segmenter.keras").exists()
     events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
     assert events  # losses and the CAM / SGC / pseudo-label images
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("plq", os.path.join(root, "benchmarks", "pseudo_label_quality.py"))
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    few = dataclasses.replace(dataset, unlabeled=dataset.unlabeled[:4])
+    results = quality.pseudoseg_quality(cfg.workdir, cfg, few)
+    assert set(results) == {"decoder", "cam", "sgc", "fused"}
+    for miou in results.values():
+        assert 0 <= float(miou.result()) <= 1 and miou.total_cm.numpy().sum() == 4 * 64 * 64

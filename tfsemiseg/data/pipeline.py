@@ -20,7 +20,7 @@ from tfsemiseg.data.io import IGNORE_LABEL
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _prescale(example, image_scale):
+def prescale(example, image_scale):
     """Resize whole examples once (e.g. 0.5 for CPU-sized runs); identity when 1."""
     if image_scale == 1:
         return example
@@ -35,7 +35,7 @@ def _prescale(example, image_scale):
 def labeled_examples(dataset, cfg, seed=0, strong=None):
     """Infinite shuffled, weakly augmented labeled crops (unbatched); `strong` augments them further."""
     def prepare(example):
-        example = _prescale(example, cfg.image_scale)
+        example = prescale(example, cfg.image_scale)
         image, label = augment.weak_augment(example["image"], example["label"], cfg.crop_size,
                                             cfg.scale_range, cfg.base_size)
         if strong is not None:
@@ -71,7 +71,7 @@ def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_l
     present in each crop (derived from the crop's mask, as the official code does).
     """
     def prepare(example):
-        example = _prescale(example, cfg.image_scale)
+        example = prescale(example, cfg.image_scale)
         image = tf.cast(example["image"], tf.float32)
         if image_labels:
             # A 4th channel of ones marks the image through scale / pad / crop / flip: 0 where padded.
@@ -105,7 +105,7 @@ def inference_stream(dataset, cfg, subset="unlabeled", batch_size=None):
     """
     def prepare(example):
         size = tf.shape(example["image"])[:2]
-        image = tf.cast(_prescale(example, cfg.image_scale)["image"], tf.float32)
+        image = tf.cast(prescale(example, cfg.image_scale)["image"], tf.float32)
         return {"image": image, "valid": tf.ones(tf.shape(image)[:2], tf.uint8), "size": size}
 
     ds = dataset.examples(subset, with_label=False).map(prepare, num_parallel_calls=AUTOTUNE)
@@ -117,7 +117,7 @@ def inference_stream(dataset, cfg, subset="unlabeled", batch_size=None):
 def eval_stream(dataset, cfg, subset="val", batch_size=None):
     """Whole images (no crop), in order, padded to the largest image of each batch."""
     def prepare(example):
-        example = _prescale(example, cfg.image_scale)
+        example = prescale(example, cfg.image_scale)
         return {"image": tf.cast(example["image"], tf.float32), "label": example["label"]}
 
     ds = dataset.examples(subset).map(prepare, num_parallel_calls=AUTOTUNE)

@@ -255,21 +255,33 @@ class PseudoSeg(SegmentationMethod):
                         pseudo_confidence=losses.masked_mean(confidence, valid),
                         classes_per_image=tf.reduce_mean(tf.reduce_sum(classes_u, axis=-1)))
 
+    def pseudo_label_views(self, images, classes=None):
+        """The sources of the pseudo-label of whole images, in inference mode, as class maps [B, H, W]:
+        "decoder", "cam" (CAM classes; with a background class, background where 1 - max wins),
+        "sgc" and "fused" (the pseudo-label), plus "cam_max" (float [B, H, W]). `classes`: image-level
+        labels [B, K], else predicted."""
+        hyper, features, logits = self.forward(images, training=False)
+        classes = self.predicted_classes(features) if classes is None else classes
+        valid = tf.ones(tf.shape(images)[:3], tf.bool)
+        cam, sgc = self.self_attention_cam(hyper, features, classes, valid, training=False)
+        cam = self.resize(cam, images)
+        if self.background is not None:
+            cam = tf.concat([1.0 - tf.reduce_max(cam, axis=-1, keepdims=True), cam], axis=-1)
+        sgc = self.resize(sgc, images)
+        fused = fuse_pseudo_labels(logits, sgc, self.gamma, self.temperature)
+        argmax = lambda x: tf.argmax(x, axis=-1, output_type=tf.int32)  # noqa: E731
+        return {"decoder": argmax(logits), "cam": argmax(cam), "sgc": argmax(sgc), "fused": argmax(fused),
+                "cam_max": tf.reduce_max(cam[..., 1:] if self.background is not None else cam, axis=-1)}
+
     def visualize(self, images):
         """TensorBoard maps for fixed images: decoder prediction, CAM (max over classes), SGC's
         prediction, the fused pseudo-label, and a strong view of the image."""
-        hyper, features, logits = self.forward(images, training=False)
-        classes = self.predicted_classes(features)
-        valid = tf.ones(tf.shape(images)[:3], tf.bool)
-        cam, sgc = self.self_attention_cam(hyper, features, classes, valid, training=False)
-        pseudo = fuse_pseudo_labels(logits, self.resize(sgc, images), self.gamma, self.temperature)
+        views = self.pseudo_label_views(images)
         strong = augment.StrongAugment.pseudoseg(images.shape[1])
         ignore = tf.zeros(tf.shape(images)[1:3], tf.uint8)
         return {
-            "prediction": tf.argmax(logits, axis=-1, output_type=tf.int32),
-            "cam": self.resize(tf.reduce_max(cam, axis=-1, keepdims=True), images)[..., 0],
-            "sgc": tf.argmax(self.resize(sgc, images), axis=-1, output_type=tf.int32),
-            "pseudo_label": tf.argmax(pseudo, axis=-1, output_type=tf.int32),
+            "prediction": views["decoder"], "cam": views["cam_max"], "sgc": views["sgc"],
+            "pseudo_label": views["fused"],
             "strong_view": tf.stack([strong(image, ignore)[0] for image in tf.unstack(images)]),
         }
 
