@@ -40,12 +40,13 @@ def run(method, distribute, mixed, tmp_path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["suponly", "alss", "st"])
+@pytest.mark.parametrize("method", ["suponly", "alss", "st", "pseudoseg"])
 def test_mirrored_strategy_on_two_logical_cpus(method, tmp_path):
     out = run(method, "mirrored", False, tmp_path)
     assert out["replicas"] == 2 and 0.0 <= out["miou"] <= 1.0
 
 
-def test_mixed_precision_trains_with_float32_logits(tmp_path):
-    out = run("alss", "none", True, tmp_path)
+@pytest.mark.parametrize("method", ["alss", "st", "pseudoseg"])  # st, pseudoseg: StrongAugment in float32
+def test_mixed_precision_trains_with_float32_logits(tmp_path, method):
+    out = run(method, "none", True, tmp_path)
     assert out["policy"] == "mixed_bfloat16" and 0.0 <= out["miou"] <= 1.0

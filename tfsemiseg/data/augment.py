@@ -110,13 +110,15 @@ class StrongAugment:
         b, c, s, h = jitter
         self.p_jitter, self.p_cutout, self.cutout_area, self.cutout_ratio = p_jitter, p_cutout, cutout_area, cutout_ratio
         self.p_gray, self.p_blur = p_gray, p_blur
+        # Data augmentation, not model layers: float32 whatever the mixed-precision policy.
         self.jitter = keras.layers.RandomColorJitter(
-            value_range=(0, 255), brightness_factor=b, contrast_factor=c, saturation_factor=s, hue_factor=h)
-        self.gray = keras.layers.RandomGrayscale(factor=p_gray)
+            value_range=(0, 255), brightness_factor=b, contrast_factor=c, saturation_factor=s, hue_factor=h,
+            dtype="float32")
+        self.gray = keras.layers.RandomGrayscale(factor=p_gray, dtype="float32")
         # PIL's GaussianBlur(radius=sigma) reaches about 3 sigma: a 13-tap kernel covers sigma = 2.
         self.blur = keras.layers.RandomGaussianBlur(
             factor=(p_blur, p_blur), kernel_size=2 * math.ceil(3 * blur_sigma[1]) + 1, sigma=blur_sigma,
-            value_range=(0, 255))
+            value_range=(0, 255), dtype="float32")
 
     @classmethod
     def pseudoseg(cls, crop_size):

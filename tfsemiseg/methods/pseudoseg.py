@@ -168,6 +168,7 @@ class PseudoSeg(SegmentationMethod):
         width = sum(segmenter.get_layer(n).output.shape[-1] for n in hypercolumn)
         self.sgc.build((None, None, None, width))
         self.resize = ResizeTo(name="resize")
+        self.resize.build(None)  # no weights; built so that Keras (distributed fit) sees a built model
 
     @classmethod
     def create(cls, cfg, dataset):
