@@ -36,3 +36,16 @@ def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
     assert order == [("suponly", "1_8", 0), ("alss", "1_8", 0), ("suponly", "full", 0), ("suponly", "1_8", 1),
                      ("alss", "1_8", 1), ("alss_slow_d", "1_8", 0), ("alss_slow_d", "1_8", 1)]
     assert benchmark.plan(args)[-1][4] == ["--set", "d_lr=1e-5"]
+
+
+def test_speed_benchmark_times_the_real_train_step_and_the_pipeline(capsys):
+    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    assert speed.main(["--method=pseudoseg", "--arch=deeplabv3plus", "--backbone=tiny", "--crop=33", "--batch=2",
+                       "--classes=11", "--steps=2", "--repeats=2", "--pipeline_batches=2"]) == 0
+    out = capsys.readouterr().out
+    assert "GFLOP/s float32" in out and "train step s/iter: " in out and "segmenter images/s" in out
+    assert "peak RSS" in out and "x what the step consumes" in out
+    times = [float(t) for t in out.split("train step s/iter: ")[1].splitlines()[0].split(", ")]
+    assert len(times) == 2 and all(t > 0 for t in times)

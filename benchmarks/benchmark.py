@@ -1,0 +1,167 @@
+"""Speed of a method's real train_step, and of its input pipeline, on this machine.
+
+    python benchmarks/benchmark.py --method=alss --arch=deeplabv2 --backbone=resnet101 --crop=161 --batch=2
+    python benchmarks/benchmark.py --method=alss ... --mixed_precision --freeze_bn --jit_compile
+    python benchmarks/benchmark.py --method=alss ... --torch_python=/path/to/torch-venv/bin/python
+
+Prints a header (TensorFlow, cores, what a dense matmul reaches in float32 and bfloat16), then
+the train step: the method's own `train_step` through `fit`, on random tensors shaped like its
+tf.data batches (no input pipeline), after a warm-up; `--repeats` timings of `--steps` steps
+each, their median and max / min, segmenter images per second and the peak resident memory.
+Then the input pipeline alone (`--pipeline`: the same augmented tf.data stream with no model, on
+`synthetic` or a CamVid folder) in batches per second, against what the step consumes.
+With `--torch_python`, `../shared/bench/torch_alss_step.py` runs with the same crop, batch and
+classes in that (comparison-only) interpreter, and the ratio is printed.
+"""
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import configs  # noqa: E402
+from tfsemiseg.data import build_dataset  # noqa: E402
+from tfsemiseg.methods import SegmentationMethod, get_method  # noqa: E402
+from tfsemiseg.training import set_precision  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="alss")
+    p.add_argument("--arch", default="deeplabv2")
+    p.add_argument("--backbone", default="resnet101")
+    p.add_argument("--output_stride", type=int, default=8)
+    p.add_argument("--crop", type=int, default=161)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--classes", type=int, default=21)
+    p.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--jit_compile", action="store_true")
+    p.add_argument("--mixed_precision", action="store_true")
+    p.add_argument("--freeze_bn", action="store_true")
+    p.add_argument("--pipeline", default="synthetic", help="'synthetic', a CamVid folder, or '' to skip")
+    p.add_argument("--pipeline_batches", type=int, default=30)
+    p.add_argument("--torch_python", default="", help="python of a venv with torch, for the reference")
+    return p.parse_args(argv)
+
+
+def matmul_gflops(dtype, n=2048, repeats=10):
+    a = tf.random.normal([n, n], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    f = tf.function(lambda x: tf.matmul(x, x))
+    f(a).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a)
+    out.numpy()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def benchmark_config(args):
+    cfg = configs.get_config(args.method, "voc").replace(
+        arch=args.arch, backbone=args.backbone, output_stride=args.output_stride, crop_size=args.crop,
+        batch_size=args.batch, backbone_weights="", freeze_bn=args.freeze_bn, jit_compile=args.jit_compile,
+        mixed_precision=args.mixed_precision, aspp_rates=(), iterations=10 ** 6, image_size=max(64, args.crop))
+    if args.arch == "deeplabv3plus":
+        cfg = cfg.replace(aspp_rates=(12, 24, 36) if args.output_stride == 8 else (6, 12, 18))
+    return cfg
+
+
+def random_batch(spec, classes):
+    """Random tensors with the structure and shapes of a tf.data element spec."""
+    def fill(path, s):
+        name = path[-1]
+        if name.startswith("image"):
+            return tf.random.uniform(s.shape, 0, 255, s.dtype)
+        if name == "label":
+            return tf.cast(tf.random.uniform(s.shape, 0, classes, tf.int32), s.dtype)
+        if name == "classes":
+            return tf.cast(tf.random.uniform([s.shape[0], classes], 0, 2, tf.int32), s.dtype)
+        return tf.ones(s.shape, s.dtype)  # valid masks
+    if isinstance(spec, dict):
+        return {k: random_batch(v, classes) if isinstance(v, dict) else fill([k], v) for k, v in spec.items()}
+    return fill(["image"], spec)
+
+
+def time_train_step(args, cfg):
+    method = get_method(args.method)
+    if not issubclass(method, SegmentationMethod):
+        raise SystemExit(f"--method={args.method} drives SupOnly fits: benchmark --method=suponly instead.")
+    spec_source = build_dataset("synthetic", split="1_16", image_size=cfg.image_size)
+    spec = method.train_data(spec_source, cfg).element_spec
+    fake = types.SimpleNamespace(num_classes=args.classes, background=0 if args.classes == 21 else None)
+    model = method.create(cfg, fake)
+    data = tf.data.Dataset.from_tensors(random_batch(spec, args.classes)).repeat()
+    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
+    seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
+        seconds.append((time.perf_counter() - start) / args.steps)
+    images = args.batch * (2 if args.method in ("alss", "pseudoseg") else 1)  # labeled + unlabeled
+    if args.method == "pseudoseg":
+        images += args.batch  # the strong view
+    return seconds, images
+
+
+def pipeline_rate(args, cfg):
+    if args.pipeline == "synthetic":
+        dataset = build_dataset("synthetic", split="1_16", image_size=cfg.image_size)
+    else:
+        dataset = build_dataset("camvid", args.pipeline, "1_8")
+        cfg = cfg.replace(ignore_value=11)
+    stream = iter(get_method(args.method).train_data(dataset, cfg))
+    for _ in range(3):
+        next(stream)
+    start = time.perf_counter()
+    for _ in range(args.pipeline_batches):
+        next(stream)
+    return args.pipeline_batches / (time.perf_counter() - start)
+
+
+def torch_reference(args):
+    script = os.path.join(ROOT, "..", "shared", "bench", "torch_alss_step.py")
+    cmd = [args.torch_python, script, "--crop", str(args.crop), "--batch", str(args.batch),
+           "--classes", str(args.classes), "--steps", str(args.steps)] + (["--freeze_bn"] if args.freeze_bn else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"step_s=([\d.]+)", out).group(1)), out.strip().splitlines()[-1]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_precision(args.mixed_precision)
+    cfg = benchmark_config(args)
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} cores; dense matmul 2048^2: "
+          f"{matmul_gflops(tf.float32):.0f} GFLOP/s float32, {matmul_gflops(tf.bfloat16):.0f} GFLOP/s bfloat16")
+    print(f"{args.method}: {args.arch} {args.backbone} OS{args.output_stride}, crop {args.crop}, batch {args.batch}, "
+          f"{args.classes} classes, jit_compile={args.jit_compile}, mixed_precision={args.mixed_precision}, "
+          f"freeze_bn={args.freeze_bn}")
+    seconds, images = time_train_step(args, cfg)
+    median = statistics.median(seconds)
+    print("train step s/iter: " + ", ".join(f"{s:.3f}" for s in seconds))
+    print(f"median {median:.3f} s/iter (max/min {max(seconds) / min(seconds):.2f}), "
+          f"{images / median:.2f} segmenter images/s, peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.pipeline:
+        rate = pipeline_rate(args, cfg)
+        print(f"input pipeline ({args.pipeline}): {rate:.1f} batches/s, {rate * median:.1f}x what the step consumes")
+    if args.torch_python:
+        reference, line = torch_reference(args)
+        print(f"PyTorch reference: {line}")
+        print(f"ratio tfsemiseg / PyTorch: {median / reference:.2f} (below 1: tfsemiseg faster)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
