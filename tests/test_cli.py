@@ -153,7 +153,7 @@ DETERMINISTIC = ["--dataset=synthetic", "--iterations=45", "--set", "steps_per_e
                  "--set", "batch_size=2", "--seed=3", "--deterministic", "--verbose=0"]
 
 
-@pytest.mark.parametrize("method", ["suponly", "alss"])
+@pytest.mark.parametrize("method", ["suponly", pytest.param("alss", marks=pytest.mark.slow)])
 def test_deterministic_runs_and_a_killed_run_resumed_give_the_same_weights(tmp_path, method):
     """Regression: the same --seed gave different losses; a resumed ALSS run restarted its LR schedule."""
     import signal
