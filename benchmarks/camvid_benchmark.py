@@ -14,6 +14,11 @@ stopped and run again. The wall time of every attempt is added up in `<run>/benc
 After every run the markdown tables (per run; mean +- std per method; mean per-class IoU)
 are rewritten to `<records>/results.md`, ready to paste into RESULTS.md.
 
+Run it from a checkout nobody edits meanwhile (e.g. `git worktree add ../bench HEAD`, then
+`--records` pointing back into the working checkout): TensorFlow's AutoGraph reads a function's
+source from disk when it first converts it, so a run that outlives an edit of `tfsemiseg/` can
+convert the wrong lines and fail.
+
 `--variant=LABEL=METHOD ARGS` adds a method with other settings, e.g.
 `--variant="alss_d_lr_1e-4=alss --set d_lr=1e-4"`; `--upper_bound_seeds` adds SupOnly on the
 full labels.
