@@ -10,8 +10,14 @@ from tfsemiseg.methods import SupOnly
 
 
 class Interrupt(keras.callbacks.Callback):
+    """Stops training like Ctrl-C after `epochs` epochs (their backup written)."""
+
+    def __init__(self, epochs=1):
+        super().__init__()
+        self.epochs = epochs
+
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
+        if epoch + 1 == self.epochs:
             raise KeyboardInterrupt
 
 
@@ -106,15 +112,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path,
 
 def _interrupted_run(tmp_path, monkeypatch, epochs_before_interrupt):
     """A SupOnly run stopped after `epochs_before_interrupt` epochs; returns its config."""
-    class InterruptAfter(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == epochs_before_interrupt:
-                raise KeyboardInterrupt
-
     cfg = configs.get_config("suponly", "synthetic").replace(
         workdir=str(tmp_path / "run"), iterations=9, steps_per_epoch=3, crop_size=32, batch_size=2)
     original = SupOnly.extra_callbacks
-    monkeypatch.setattr(SupOnly, "extra_callbacks", staticmethod(lambda *a: [InterruptAfter()]))
+    monkeypatch.setattr(SupOnly, "extra_callbacks", staticmethod(lambda *a: [Interrupt(epochs_before_interrupt)]))
     with pytest.raises(KeyboardInterrupt):
         runner.train(cfg, verbose=0)
     monkeypatch.setattr(SupOnly, "extra_callbacks", original)
