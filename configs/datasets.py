@@ -11,7 +11,10 @@
   resolution (180x240), crop 160, DeepLab-v2 on the `tiny` ResNet, 2000 iterations.
 
 A key `<dataset>:<backbone>` is a variant of the dataset's setting that `--backbone` selects.
-- synthetic: the built-in dataset at 64x64 with the `tiny` ResNet: the README quickstart.
+- synthetic: the built-in dataset at 64x64, DeepLab-v3+ (64-wide head, ASPP rates 1-3: the 8x8
+  features need no wider) on the `tiny` ResNet at output stride 8, 3000 iterations: the README
+  quickstart, about 2 minutes on 2 cores. The v3+ decoder (stride 4) matters here: with
+  DeepLab-v2's stride-8 logits the same run reaches about 49 mIoU at full labels, with it 63.
 """
 
 DATASETS = {
@@ -43,7 +46,7 @@ DATASETS = {
     ),
     "synthetic": dict(
         split="1_16", image_size=64, crop_size=64, scale_range=(0.75, 1.5), batch_size=8, eval_batch_size=32,
-        arch="deeplabv2", backbone="tiny", output_stride=8, aspp_rates=(1, 2, 3, 4),
+        arch="deeplabv3plus", backbone="tiny", output_stride=8, aspp_rates=(1, 2, 3), head_channels=64,
         iterations=3000, steps_per_epoch=500, lr=0.02, weight_decay=1e-4, head_lr_mult=1.0,
     ),
 }

@@ -1,4 +1,5 @@
 import numpy as np
+import tensorflow as tf
 
 from tfsemiseg.data import build_dataset
 from tfsemiseg.data.synthetic import NUM_CLASSES, render
@@ -19,13 +20,24 @@ def test_render_has_objects_of_several_classes():
     assert 0.5 < present[0] / labels.size < 0.95  # background dominates, objects are not tiny
 
 
-def test_colour_does_not_give_the_class():
-    """Class mean colours differ far less than colours within a class: class is given by shape."""
-    images = np.stack([render(i)["image"].numpy() for i in range(64)]).astype(float)
+def _hues(images):
+    return tf.image.rgb_to_hsv(images / 255.0).numpy()[..., 0]
+
+
+def test_hue_hints_at_the_class_but_does_not_decide_it():
+    """Objects' hues cluster around their class's centre; the background takes every hue, so hue
+    alone cannot tell an object from the background (shape and context must)."""
+    images = np.stack([render(i)["image"].numpy() for i in range(64)]).astype(np.float32)
     labels = np.stack([render(i)["label"].numpy() for i in range(64)])
-    means = [images[labels == c].mean() for c in range(1, NUM_CLASSES)]
-    spread_within = min(images[labels == c].std() for c in range(1, NUM_CLASSES))
-    assert np.ptp(means) < 0.5 * spread_within
+    hues = _hues(images)
+    centres = np.arange(NUM_CLASSES - 1) / (NUM_CLASSES - 1)
+    band = lambda h, c: np.abs((h - c + 0.5) % 1.0 - 0.5) < 0.2  # noqa: E731  (HUE_JITTER + 0.1)
+    for c in range(1, NUM_CLASSES):
+        inside = band(hues[labels == c], centres[c - 1]).mean()
+        assert inside > 0.6, (c, inside)  # mostly in its band, noise and stripes aside
+    background = hues[labels == 0]
+    for centre in centres:  # every class's band holds a fair share of background pixels
+        assert band(background, centre).mean() > 0.1
 
 
 def test_synthetic_dataset_splits():

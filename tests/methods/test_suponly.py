@@ -27,7 +27,8 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(cfg):
 
 def test_head_variables_get_the_head_lr_multiplier(cfg):
     """With lr multiplier m, one SGD step (no momentum yet, no decay) moves head weights m times as far."""
-    cfg = cfg.replace(head_lr_mult=10.0, weight_decay=0.0)
+    # DeepLab-v2: no dropout, so the taped gradient is the one fit applies
+    cfg = cfg.replace(head_lr_mult=10.0, weight_decay=0.0, arch="deeplabv2", aspp_rates=(1, 2, 3, 4))
     ds = build_dataset("synthetic", split="full")
     batch = next(iter(labeled_stream(ds, cfg)))
     model = SupOnly.create(cfg, ds)
