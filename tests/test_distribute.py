@@ -86,7 +86,7 @@ def _final_weights(workdir):
     return keras.saving.load_model(os.path.join(workdir, "final", "segmenter.keras")).get_weights()
 
 
-@pytest.mark.parametrize("method", ["suponly", "alss"])
+@pytest.mark.parametrize("method", ["suponly", pytest.param("alss", marks=pytest.mark.slow)])  # suite budget
 def test_multi_worker_on_localhost_matches_one_process(method, tmp_path):
     """Two processes under MultiWorkerMirroredStrategy (TF_CONFIG, two localhost ports) train on the
     same global batches as one process: same weights after training, same mIoU; only the chief writes
