@@ -6,6 +6,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.data.io import VOC_COLORMAP
@@ -98,6 +99,43 @@ class Backup(keras.callbacks.BackupAndRestore):
         except OSError as err:
             raise BackupError(f"{weights} cannot be read ({err}) and there is no earlier backup to fall back to. "
                               f"Delete {self.backup_dir} to start the run over.") from None
+        self._restore_random_states()
+
+    # The states of the model's random generators (its dropout layers' SeedGenerators) are not in
+    # the weights file: without them a resumed run would draw its dropout masks from the start of
+    # the stream again, and a --deterministic run, killed and resumed, would not end with the
+    # uninterrupted run's weights. They are saved beside the weights, one file per epoch.
+
+    def _random_state_variables(self):
+        return [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+
+    def _random_states_path(self, epoch):
+        return os.path.join(self.backup_dir, f"random_states_epoch{epoch}.npz")
+
+    def _save_model(self):
+        super()._save_model()
+        epoch = self._current_epoch
+        path = self._random_states_path(epoch)
+        with open(path + ".tmp", "wb") as f:
+            np.savez(f, *[keras.ops.convert_to_numpy(v) for v in self._random_state_variables()])
+        os.replace(path + ".tmp", path)
+        for name in os.listdir(self.backup_dir):  # keep this epoch's and the previous one's
+            if name.startswith("random_states_epoch") and name not in (
+                    os.path.basename(path), os.path.basename(self._random_states_path(epoch - 1))):
+                os.remove(os.path.join(self.backup_dir, name))
+
+    def _restore_random_states(self):
+        path = self._random_states_path(self.resumed_epoch(self.backup_dir))
+        if not os.path.exists(path):
+            return
+        variables = self._random_state_variables()
+        with np.load(path) as saved:
+            states = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        if [s.shape for s in states] != [tuple(v.shape) for v in variables]:
+            raise BackupError(f"{path} holds {len(states)} random generator states, the model has {len(variables)}: "
+                              f"it is another model's backup. Delete {self.backup_dir} to start the run over.")
+        for variable, state in zip(variables, states):
+            variable.assign(state)
 
 
 class DiscriminatorLearningRate(keras.callbacks.Callback):

@@ -59,6 +59,9 @@ class Config:
     mixed_precision: bool = False
     jit_compile: bool = False
     distribute: str = "none"  # none | mirrored | multiworker
+    # Under --distribute, batch norm statistics over the global batch (SyncBN, as ST++ / UniMatch
+    # train); False: per replica, as DeepLab's and PseudoSeg's TF code. No effect on one device.
+    sync_bn: bool = True
     deterministic: bool = False  # op determinism + a resumable fixed data stream: same result every run (CPU)
     # ALSS (Hung et al. 2018)
     lambda_adv: float = owned_by(0.01, "alss")

@@ -10,9 +10,20 @@ from tfsemiseg.data.io import IGNORE_LABEL
 
 
 def masked_mean(values, mask):
-    """Mean of `values` where `mask` is set; 0 if it is set nowhere."""
+    """Mean of `values` where `mask` is set; 0 if it is set nowhere.
+
+    Under tf.distribute (inside a replica with others in sync) the count is that of the global
+    batch: each replica returns its sum / (global count / replicas), so the replicas' mean, which
+    their summed gradients (each divided by the number of replicas) follow, is the global batch's
+    masked mean, as on one device. Per-replica means would weigh the pixels of a replica whose
+    crops are mostly padding or void more.
+    """
     mask = tf.cast(mask, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
+    count = tf.reduce_sum(mask)
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+        count = replica.all_reduce(tf.distribute.ReduceOp.MEAN, count)
+    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), count)
 
 
 def cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):

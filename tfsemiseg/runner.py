@@ -26,7 +26,8 @@ import tensorflow as tf
 from tfsemiseg.config import Config
 from tfsemiseg.data import build_dataset
 from tfsemiseg.methods import SegmentationMethod, get_method
-from tfsemiseg.training import atomic_write, evaluate_model, fit_stage, make_strategy, set_precision
+from tfsemiseg.training import (atomic_write, evaluate_model, fit_stage, make_strategy, set_precision,
+                                worker_workdir)
 
 
 def load_dataset(cfg):
@@ -64,6 +65,17 @@ def _check_resume(cfg):
                              "Use a new --workdir, or pass --overwrite to start over.")
 
 
+def _remove_run(workdir):
+    """--overwrite: delete a run directory, except the other workers' `workers/` in it (each
+    multi-worker process deletes its own, and may already be writing it)."""
+    if not os.path.isdir(workdir):
+        return
+    for name in os.listdir(workdir):
+        path = os.path.join(workdir, name)
+        if name != "workers":
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def train(cfg, verbose=1, overwrite=False):
     """Train `cfg.method` as configured; returns the metrics written to metrics.json.
 
@@ -72,8 +84,12 @@ def train(cfg, verbose=1, overwrite=False):
     A finished run is not trained again unless `overwrite`, which deletes the workdir first.
     """
     cfg.validate()
+    # First: under MultiWorkerMirroredStrategy it connects the workers before any other TF work,
+    # and it tells where this process writes (the chief: the workdir; the others: their own).
+    strategy = make_strategy(cfg.distribute)
+    cfg = cfg.replace(workdir=worker_workdir(cfg.workdir, strategy))
     if overwrite:
-        shutil.rmtree(cfg.workdir, ignore_errors=True)
+        _remove_run(cfg.workdir)
     if os.path.isdir(cfg.workdir):
         _check_resume(cfg)
     metrics_path = os.path.join(cfg.workdir, "metrics.json")
@@ -92,7 +108,6 @@ def train(cfg, verbose=1, overwrite=False):
     atomic_write(os.path.join(cfg.workdir, "config.json"), cfg.to_json())
 
     method = get_method(cfg.method)
-    strategy = make_strategy(cfg.distribute)
     if not issubclass(method, SegmentationMethod):
         return method.run(cfg, dataset, strategy, verbose)
     with strategy.scope():

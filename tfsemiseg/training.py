@@ -99,13 +99,35 @@ def make_strategy(name):
     raise ValueError(f"--distribute must be none, mirrored or multiworker, got {name!r}")
 
 
+def synchronize_batch_norm(layer):
+    """Make every BatchNormalization in `layer` (recursively) compute its training statistics over
+    all replicas' batches (Keras' `synchronized=True`, an all-reduce of the sums per step)."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        layer.synchronized = True
+    for sub in getattr(layer, "layers", []):
+        synchronize_batch_norm(sub)
+
+
+def worker_workdir(workdir, strategy):
+    """The directory this process writes: the run directory itself, except on the workers of a
+    MultiWorkerMirroredStrategy other than the chief, which write the same files to their own
+    `<workdir>/workers/<task type>_<task id>/`: no two processes write one file, and each resumes
+    from its own backup (identical to the chief's, the weights being mirrored)."""
+    if strategy.extended.should_checkpoint:
+        return workdir
+    resolver = strategy.cluster_resolver
+    return os.path.join(workdir, "workers", f"{resolver.task_type}_{resolver.task_id}")
+
+
 def evaluate_model(model, dataset, cfg, subset):
     """mIoU and per-class IoU of `model` (a SegmentationMethod) on `subset` of `dataset`."""
     with explain_data_errors(dataset.paths(subset)):
-        result = model.evaluate(eval_stream(dataset, cfg, subset), return_dict=True, verbose=0)
+        model.evaluate(eval_stream(dataset, cfg, subset), verbose=0)
+    # From the confusion matrix summed over all replicas and workers. `evaluate`'s own "miou" is
+    # the mean of each replica's mIoU over its share of the images when distributed.
     per_class = model.miou.per_class_iou()
     return {
-        "miou": float(result["miou"]),
+        "miou": float(np.nanmean(per_class)),
         "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(dataset.class_names, per_class)},
         "eval_split": subset,
     }
@@ -124,6 +146,8 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
         # The stream is a fixed sequence: a resumed fit continues it where the interrupted one
         # stopped, so that it ends with exactly the weights of an uninterrupted run.
         train_data = train_data.skip(callbacks_lib.Backup.resumed_epoch(backup_dir) * steps_per_epoch)
+    if cfg.sync_bn and model.distribute_strategy.num_replicas_in_sync > 1:
+        synchronize_batch_norm(model)
     throughput = callbacks_lib.Throughput(cfg.batch_size)
     os.makedirs(os.path.join(stage_dir, "checkpoints"), exist_ok=True)
     all_callbacks = [

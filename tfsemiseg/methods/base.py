@@ -67,6 +67,18 @@ class SegmentationMethod(keras.Model):
     def call(self, images, training=False):
         return self.segmenter(images, training=training)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' symbolic build before `fit` / `evaluate`, skipped when there is nothing to build
+        (a method's networks are built at construction, its optimizers at compile).
+
+        Keras' version first averages one input batch across replicas with `strategy.reduce`, which
+        fails on dict batches under MultiWorkerMirroredStrategy ("Attempt to convert a value
+        ({'image': PerReplica...}) ... to a Tensor"; keras-team/keras#20329, open).
+        """
+        if self.built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def predict_scores(self, images):
         """Class probabilities [B, H, W, C]: whole images (padded to a multiple of 32) or by sliding window."""
         images = tf.cast(images, tf.float32)
@@ -77,7 +89,7 @@ class SegmentationMethod(keras.Model):
 
     def test_step(self, data):
         self.miou.update_state(data["label"], self.predict_scores(data["image"]))
-        return {"miou": self.miou.result()}
+        return _step_logs({"miou": self.miou.result()})
 
     def visualize(self, images):
         """Named [B, H, W] maps for TensorBoard: int class maps or floats in [0, 1]. Methods add theirs."""
@@ -118,4 +130,15 @@ class SegmentationMethod(keras.Model):
         """Update the named loss trackers; returns the dict a train_step returns."""
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return _step_logs({name: tracker.result() for name, tracker in self.trackers.items()})
+
+
+def _step_logs(logs):
+    """What a train / test step returns. Under MultiWorkerMirroredStrategy Keras 3 averages every
+    returned value across workers with `strategy.reduce("MEAN", value, axis=0)`, which fails on the
+    scalars every step returns ("Invalid reduction dimension 0 for input with 0 dimensions";
+    tensorflow/tensorflow#72388): there they are returned as shape [1], which it reduces to the
+    scalar mean over workers. Elsewhere they stay scalars."""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
