@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--arch", default="deeplabv2")
     p.add_argument("--backbone", default="resnet101")
     p.add_argument("--output_stride", type=int, default=8)
+    p.add_argument("--aspp_rates", default="", help="e.g. 1,2,3 for small crops; default: DeepLab's for the "
+                   "output stride (v2: 6/12/18/24; v3+: 12/24/36 at OS 8, 6/12/18 at OS 16), meant for crops "
+                   "of 321 and more: at small crops dilations wider than the feature map waste most of the step")
     p.add_argument("--crop", type=int, default=161)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--classes", type=int, default=21)
@@ -73,6 +76,8 @@ def benchmark_config(args):
         arch=args.arch, backbone=args.backbone, output_stride=args.output_stride, crop_size=args.crop,
         batch_size=args.batch, backbone_weights="", freeze_bn=args.freeze_bn, jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, aspp_rates=(), iterations=10 ** 6, image_size=max(64, args.crop))
+    if args.aspp_rates:
+        return cfg.replace(aspp_rates=tuple(int(r) for r in args.aspp_rates.split(",")))
     if args.arch == "deeplabv3plus":
         cfg = cfg.replace(aspp_rates=(12, 24, 36) if args.output_stride == 8 else (6, 12, 18))
     return cfg
@@ -144,7 +149,8 @@ def main(argv=None):
     cfg = benchmark_config(args)
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} cores; dense matmul 2048^2: "
           f"{matmul_gflops(tf.float32):.0f} GFLOP/s float32, {matmul_gflops(tf.bfloat16):.0f} GFLOP/s bfloat16")
-    print(f"{args.method}: {args.arch} {args.backbone} OS{args.output_stride}, crop {args.crop}, batch {args.batch}, "
+    print(f"{args.method}: {args.arch} {args.backbone} OS{args.output_stride} ASPP {cfg.aspp_rates or 'default'}, "
+          f"crop {args.crop}, batch {args.batch}, "
           f"{args.classes} classes, jit_compile={args.jit_compile}, mixed_precision={args.mixed_precision}, "
           f"freeze_bn={args.freeze_bn}")
     seconds, images = time_train_step(args, cfg)

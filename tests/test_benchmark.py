@@ -49,3 +49,13 @@ def test_speed_benchmark_times_the_real_train_step_and_the_pipeline(capsys):
     assert "peak RSS" in out and "x what the step consumes" in out
     times = [float(t) for t in out.split("train step s/iter: ")[1].splitlines()[0].split(", ")]
     assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_speed_benchmark_aspp_rates():
+    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    v3 = ["--arch=deeplabv3plus", "--backbone=tiny"]
+    assert speed.benchmark_config(speed.parse_args(v3)).aspp_rates == (12, 24, 36)  # DeepLab's, OS 8
+    assert speed.benchmark_config(speed.parse_args(v3 + ["--output_stride=16"])).aspp_rates == (6, 12, 18)
+    assert speed.benchmark_config(speed.parse_args(v3 + ["--aspp_rates=1,2,3"])).aspp_rates == (1, 2, 3)
