@@ -10,11 +10,16 @@ tf.data batches (no input pipeline), after a warm-up; `--repeats` timings of `--
 each, their median and max / min, segmenter images per second and the peak resident memory.
 Then the input pipeline alone (`--pipeline`: the same augmented tf.data stream with no model, on
 `synthetic` or a CamVid folder) in batches per second, against what the step consumes.
+With `--profile=DIR`, `--steps` more steps are traced with the TF profiler into DIR and the op
+types that take the time are printed: each op's wall time summed over the executor threads (two
+ops running at once both count), as a share of the traced steps' wall time.
 With `--torch_python`, `../shared/bench/torch_alss_step.py` runs with the same crop, batch and
 classes in that (comparison-only) interpreter, and the ratio is printed.
 """
 
 import argparse
+import collections
+import glob
 import os
 import re
 import resource
@@ -53,9 +58,14 @@ def parse_args(argv=None):
     p.add_argument("--jit_compile", action="store_true")
     p.add_argument("--mixed_precision", action="store_true")
     p.add_argument("--freeze_bn", action="store_true")
+    p.add_argument("--keras_batch_norm", action="store_true",
+                   help="Keras' own (unfused) BatchNormalization instead of the project's fused one, to compare")
     p.add_argument("--pipeline", default="synthetic", help="'synthetic', a CamVid folder, or '' to skip")
     p.add_argument("--pipeline_batches", type=int, default=30)
     p.add_argument("--torch_python", default="", help="python of a venv with torch, for the reference")
+    p.add_argument("--profile", default="", help="folder: trace --steps more steps with the TF profiler (open it "
+                   "in TensorBoard's profile plugin) and print the op types that take the time")
+    p.add_argument("--top", type=int, default=15, help="op types printed with --profile")
     return p.parse_args(argv)
 
 
@@ -99,6 +109,21 @@ def random_batch(spec, classes):
     return fill(["image"], spec)
 
 
+def in_memory_stream(batch):
+    """The same batch forever, without tf.data's autotuning: there is nothing to tune, and with it
+    each `fit` returned only when the autotuner's thread next woke up (its period doubles from
+    10 ms), so that short fits timed in multiples of about 2 s (3.41 or 6.83 s per step over 3 steps)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return tf.data.Dataset.from_tensors(batch).repeat().with_options(options)
+
+
+def use_keras_batch_norm():
+    """Every BatchNormalization built from now on takes Keras' own unfused path (for --keras_batch_norm)."""
+    from tfsemiseg.models import normalization
+    normalization.BatchNormalization._fusable = lambda self, inputs, mask: False
+
+
 def time_train_step(args, cfg):
     method = get_method(args.method)
     if not issubclass(method, SegmentationMethod):
@@ -107,17 +132,52 @@ def time_train_step(args, cfg):
     spec = method.train_data(spec_source, cfg).element_spec
     fake = types.SimpleNamespace(num_classes=args.classes, background=0 if args.classes == 21 else None)
     model = method.create(cfg, fake)
-    data = tf.data.Dataset.from_tensors(random_batch(spec, args.classes)).repeat()
+    data = in_memory_stream(random_batch(spec, args.classes))
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
         seconds.append((time.perf_counter() - start) / args.steps)
+        cpu_seconds.append((time.process_time() - cpu_start) / args.steps)
+    print(f"CPU time per step: {statistics.median(cpu_seconds):.3f} s "
+          f"({statistics.median(cpu_seconds) / statistics.median(seconds):.2f} cores busy)")
+    if args.profile:
+        profile_steps(args, model, data)
     images = args.batch * (2 if args.method in ("alss", "pseudoseg") else 1)  # labeled + unlabeled
     if args.method == "pseudoseg":
         images += args.batch  # the strong view
     return seconds, images
+
+
+def profile_steps(args, model, data):
+    """Trace `args.steps` steps into `args.profile`; print the op types by summed wall time."""
+    tf.profiler.experimental.start(args.profile)
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
+    wall = time.perf_counter() - start
+    tf.profiler.experimental.stop()
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # the profiler's own trace format
+    path = max(glob.glob(os.path.join(args.profile, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    seconds, counts = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor's inter-op threads run the graph's ops
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" in name and "::" not in name:  # "scope/op_name:OpType"; not the executor's own events
+                    op_type = name.rsplit(":", 1)[1]
+                    seconds[op_type] += event.duration_ps * 1e-12
+                    counts[op_type] += 1
+    busy = sum(seconds.values())
+    print(f"profile ({path}): {args.steps} steps in {wall:.2f} s; ops' summed wall time {busy:.2f} s "
+          f"({100 * busy / wall:.0f} % of the steps' wall time)")
+    for op_type, s in seconds.most_common(args.top):
+        print(f"  {op_type:32s} {s / args.steps:7.3f} s/step  {100 * s / wall:5.1f} %  x{counts[op_type] // args.steps}")
 
 
 def pipeline_rate(args, cfg):
@@ -146,13 +206,15 @@ def torch_reference(args):
 def main(argv=None):
     args = parse_args(argv)
     set_precision(args.mixed_precision)
+    if args.keras_batch_norm:
+        use_keras_batch_norm()
     cfg = benchmark_config(args)
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} cores; dense matmul 2048^2: "
           f"{matmul_gflops(tf.float32):.0f} GFLOP/s float32, {matmul_gflops(tf.bfloat16):.0f} GFLOP/s bfloat16")
     print(f"{args.method}: {args.arch} {args.backbone} OS{args.output_stride} ASPP {cfg.aspp_rates or 'default'}, "
           f"crop {args.crop}, batch {args.batch}, "
           f"{args.classes} classes, jit_compile={args.jit_compile}, mixed_precision={args.mixed_precision}, "
-          f"freeze_bn={args.freeze_bn}")
+          f"freeze_bn={args.freeze_bn}, batch norm {'Keras (unfused)' if args.keras_batch_norm else 'fused'}")
     seconds, images = time_train_step(args, cfg)
     median = statistics.median(seconds)
     print("train step s/iter: " + ", ".join(f"{s:.3f}" for s in seconds))

@@ -38,15 +38,19 @@ def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
     assert benchmark.plan(args)[-1][4] == ["--set", "d_lr=1e-5"]
 
 
-def test_speed_benchmark_times_the_real_train_step_and_the_pipeline(capsys):
+def test_speed_benchmark_times_the_real_train_step_and_the_pipeline(capsys, tmp_path):
     spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
     assert speed.main(["--method=pseudoseg", "--arch=deeplabv3plus", "--backbone=tiny", "--crop=33", "--batch=2",
-                       "--classes=11", "--steps=2", "--repeats=2", "--pipeline_batches=2"]) == 0
+                       "--classes=11", "--steps=2", "--repeats=2", "--pipeline_batches=2",
+                       f"--profile={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "GFLOP/s float32" in out and "train step s/iter: " in out and "segmenter images/s" in out
-    assert "peak RSS" in out and "x what the step consumes" in out
+    assert "peak RSS" in out and "x what the step consumes" in out and "cores busy" in out
+    # The profile names the op types; batch norm runs as TensorFlow's fused op.
+    assert "ops' summed wall time" in out and "FusedBatchNorm" in out
+    assert list(tmp_path.glob("**/*.xplane.pb"))
     times = [float(t) for t in out.split("train step s/iter: ")[1].splitlines()[0].split(", ")]
     assert len(times) == 2 and all(t > 0 for t in times)
 
@@ -59,3 +63,14 @@ def test_speed_benchmark_aspp_rates():
     assert speed.benchmark_config(speed.parse_args(v3)).aspp_rates == (12, 24, 36)  # DeepLab's, OS 8
     assert speed.benchmark_config(speed.parse_args(v3 + ["--output_stride=16"])).aspp_rates == (6, 12, 18)
     assert speed.benchmark_config(speed.parse_args(v3 + ["--aspp_rates=1,2,3"])).aspp_rates == (1, 2, 3)
+
+
+def test_speed_benchmark_stream_does_not_autotune():
+    """With autotuning, each timed `fit` waited for the tf.data autotuner's next wake-up (timings
+    quantized to about 2 s); the in-memory stream has nothing to tune."""
+    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    stream = speed.in_memory_stream({"image": [[1.0]]})
+    assert stream.options().autotune.enabled is False
+    assert [float(b["image"][0][0]) for b in stream.take(2)] == [1.0, 1.0]

@@ -99,3 +99,50 @@ def test_every_endpoint_is_in_the_model(backbone):
     model = build_segmenter("deeplabv2", backbone, 3, output_stride=16, aspp_rates=(1, 2))
     c1, c2, c3, c4 = feature_extractor(model, ("c1", "c2", "c3", "c4"))(np.zeros((1, 64, 64, 3), "float32"))
     assert [c.shape[1] for c in (c1, c2, c3, c4)] == [16, 8, 4, 4]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_batch_norm_equals_keras_batch_norm(dtype):
+    """The fused layer gives Keras' outputs, moving statistics and gradients, in training and
+    inference mode, and uses TensorFlow's fused op (one op forward, one backward)."""
+    import tensorflow as tf
+    from tfsemiseg.models.normalization import BatchNormalization
+
+    x = tf.random.stateless_normal([3, 5, 7, 4], seed=[1, 2]) * 3.0 + 1.0
+    layers = []
+    for cls in (keras.layers.BatchNormalization, BatchNormalization):
+        layer = cls(momentum=0.9, epsilon=1e-3, dtype=keras.DTypePolicy("mixed_bfloat16") if dtype == "bfloat16"
+                    else "float32")
+        layer.build(x.shape)
+        layer.gamma.assign([1.0, 2.0, 0.5, -1.0])
+        layer.beta.assign([0.0, 1.0, -1.0, 0.5])
+        layers.append(layer)
+    tol = dict(rtol=0, atol=3e-2) if dtype == "bfloat16" else dict(rtol=1e-5, atol=1e-5)
+    results = []
+    for layer in layers:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.cos(x))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance, layer(x, training=False)])
+    for keras_value, fused_value in zip(*results):
+        np.testing.assert_allclose(np.asarray(tf.cast(fused_value, tf.float32)),
+                                   np.asarray(tf.cast(keras_value, tf.float32)), **tol)
+    assert results[1][0].dtype == tf.as_dtype(dtype)
+
+    graph = tf.function(lambda v: tf.gradients(layers[1](v, training=True), v)).get_concrete_function(x).graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= op_types and "SquaredDifference" not in op_types
+
+
+def test_fused_batch_norm_falls_back_to_keras_for_what_it_cannot_fuse():
+    import tensorflow as tf
+    from tfsemiseg.models.normalization import BatchNormalization
+
+    layer = BatchNormalization(synchronized=True)
+    x = tf.random.normal([2, 3, 3, 2])
+    graph = tf.function(lambda v: layer(v, training=True)).get_concrete_function(x).graph
+    assert "FusedBatchNormV3" not in {op.type for op in graph.get_operations()}
+    flat = BatchNormalization()(tf.random.normal([4, 3]), training=True)  # 2-D: Keras' own path
+    assert flat.shape == (4, 3)

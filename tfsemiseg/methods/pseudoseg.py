@@ -43,6 +43,7 @@ from tfsemiseg import losses, optim
 from tfsemiseg.data import augment, pipeline
 from tfsemiseg.methods.base import SegmentationMethod
 from tfsemiseg.models.heads import ResizeTo
+from tfsemiseg.models.normalization import BatchNormalization
 from tfsemiseg.models.segmenters import build_from_config
 
 
@@ -105,7 +106,7 @@ class SelfAttentionGradCAM(layers.Layer):
         self.query = layers.Conv2D(attention_dim, 1, use_bias=False, name="head_sgc_query")
         self.key = layers.Conv2D(attention_dim, 1, use_bias=False, name="head_sgc_key")
         self.classifier = layers.Conv2D(num_classes, 1, use_bias=False, name="head_sgc_classifier")
-        self.norm = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, scale=False, name="head_sgc_bn")
+        self.norm = BatchNormalization(epsilon=1e-3, momentum=0.999, scale=False, name="head_sgc_bn")
 
     def build(self, hypercolumn_shape, cam_shape=None, valid_shape=None):
         for layer, shape in ((self.query, hypercolumn_shape), (self.key, hypercolumn_shape),

@@ -20,7 +20,7 @@ import keras
 from keras import layers
 
 from tfsemiseg.models import efficientnet_lite
-from tfsemiseg.models.normalization import ImageNormalization  # noqa: F401  (re-exported)
+from tfsemiseg.models.normalization import BatchNormalization, ImageNormalization  # noqa: F401  (re-exported)
 
 SPECS = {
     # name: (block type, blocks per stage, widths per stage, stem width)
@@ -36,7 +36,7 @@ BN_EPSILON = 1.001e-5
 def _conv_bn(x, filters, kernel, name, stride=1, dilation=1, use_bias=True, relu=True):
     x = layers.Conv2D(filters, kernel, strides=stride, dilation_rate=dilation, padding="same",
                       use_bias=use_bias, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    x = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
 
 
@@ -44,7 +44,7 @@ def _bottleneck(x, filters, stride, dilation, shortcut_conv, name, use_bias):
     shortcut = x
     if shortcut_conv:
         shortcut = layers.Conv2D(4 * filters, 1, strides=stride, use_bias=use_bias, name=f"{name}_0_conv")(x)
-        shortcut = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
+        shortcut = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
     x = _conv_bn(x, filters, 1, f"{name}_1", stride=stride, use_bias=use_bias)
     x = _conv_bn(x, filters, 3, f"{name}_2", dilation=dilation, use_bias=use_bias)
     x = _conv_bn(x, 4 * filters, 1, f"{name}_3", use_bias=use_bias, relu=False)
@@ -56,7 +56,7 @@ def _basic(x, filters, stride, dilation, shortcut_conv, name, use_bias):
     shortcut = x
     if shortcut_conv:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=use_bias, name=f"{name}_0_conv")(x)
-        shortcut = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
+        shortcut = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
     x = _conv_bn(x, filters, 3, f"{name}_1", stride=stride, dilation=dilation if stride == 1 else 1,
                  use_bias=use_bias)
     x = _conv_bn(x, filters, 3, f"{name}_2", dilation=dilation, use_bias=use_bias, relu=False)
@@ -87,7 +87,7 @@ def resnet(x, name="resnet101", output_stride=8, use_bias=True):
     block_fn = _bottleneck if kind == "bottleneck" else _basic
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
     x = layers.Conv2D(stem, 7, strides=2, use_bias=use_bias, name="conv1_conv")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, name="conv1_bn")(x)
+    x = BatchNormalization(epsilon=BN_EPSILON, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)

@@ -30,7 +30,7 @@ import os
 import keras
 from keras import layers
 
-from tfsemiseg.models.normalization import ImageNormalization
+from tfsemiseg.models.normalization import BatchNormalization, ImageNormalization
 from tfsemiseg.models.torch_file import read_state_dict
 
 # (repeats, kernel, stride, expansion, output width) of the seven stages of EfficientNet-B0.
@@ -70,7 +70,7 @@ def block_specs(name):
 
 
 def _bn(x, name):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    return BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
 def _mbconv(x, index, kernel, stride, dilation, expansion, in_width, out_width):

@@ -7,6 +7,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from tfsemiseg.models.normalization import BatchNormalization
+
 
 @keras.saving.register_keras_serializable("tfsemiseg")
 class ResizeTo(layers.Layer):
@@ -51,7 +53,7 @@ class AdaptiveAvgPool(layers.Layer):
 def _conv_bn_relu(x, filters, kernel, name, dilation=1):
     x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False,
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = BatchNormalization(name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
