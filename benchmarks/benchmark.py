@@ -58,6 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--jit_compile", action="store_true")
     p.add_argument("--mixed_precision", action="store_true")
     p.add_argument("--freeze_bn", action="store_true")
+    p.add_argument("--autotune", action="store_true",
+                   help="leave tf.data's autotuning on for the in-memory batches (how the timings were quantized)")
+    p.add_argument("--inter_op_threads", type=int, default=0, help="TensorFlow's inter-op threads (0: its default)")
+    p.add_argument("--intra_op_threads", type=int, default=0, help="TensorFlow's intra-op threads (0: its default)")
     p.add_argument("--keras_batch_norm", action="store_true",
                    help="Keras' own (unfused) BatchNormalization instead of the project's fused one, to compare")
     p.add_argument("--pipeline", default="synthetic", help="'synthetic', a CamVid folder, or '' to skip")
@@ -109,12 +113,12 @@ def random_batch(spec, classes):
     return fill(["image"], spec)
 
 
-def in_memory_stream(batch):
+def in_memory_stream(batch, autotune=False):
     """The same batch forever, without tf.data's autotuning: there is nothing to tune, and with it
     each `fit` returned only when the autotuner's thread next woke up (its period doubles from
     10 ms), so that short fits timed in multiples of about 2 s (3.41 or 6.83 s per step over 3 steps)."""
     options = tf.data.Options()
-    options.autotune.enabled = False
+    options.autotune.enabled = autotune
     return tf.data.Dataset.from_tensors(batch).repeat().with_options(options)
 
 
@@ -132,7 +136,7 @@ def time_train_step(args, cfg):
     spec = method.train_data(spec_source, cfg).element_spec
     fake = types.SimpleNamespace(num_classes=args.classes, background=0 if args.classes == 21 else None)
     model = method.create(cfg, fake)
-    data = in_memory_stream(random_batch(spec, args.classes))
+    data = in_memory_stream(random_batch(spec, args.classes), args.autotune)
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     seconds, cpu_seconds = [], []
     for _ in range(args.repeats):
@@ -205,6 +209,10 @@ def torch_reference(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.inter_op_threads:  # before TensorFlow starts its runtime
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     set_precision(args.mixed_precision)
     if args.keras_batch_norm:
         use_keras_batch_norm()
@@ -214,7 +222,9 @@ def main(argv=None):
     print(f"{args.method}: {args.arch} {args.backbone} OS{args.output_stride} ASPP {cfg.aspp_rates or 'default'}, "
           f"crop {args.crop}, batch {args.batch}, "
           f"{args.classes} classes, jit_compile={args.jit_compile}, mixed_precision={args.mixed_precision}, "
-          f"freeze_bn={args.freeze_bn}, batch norm {'Keras (unfused)' if args.keras_batch_norm else 'fused'}")
+          f"freeze_bn={args.freeze_bn}, batch norm {'Keras (unfused)' if args.keras_batch_norm else 'fused'}, "
+          f"autotune={args.autotune}, threads inter-op {args.inter_op_threads or 'default'} "
+          f"intra-op {args.intra_op_threads or 'default'}")
     seconds, images = time_train_step(args, cfg)
     median = statistics.median(seconds)
     print("train step s/iter: " + ", ".join(f"{s:.3f}" for s in seconds))

@@ -100,7 +100,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path,
     monkeypatch.setattr(cls, "extra_callbacks", staticmethod(lambda *a: [Poison()]))
     cfg = configs.get_config(method, "synthetic").replace(
         workdir=str(tmp_path / "run"), iterations=6, steps_per_epoch=3, crop_size=32, batch_size=2)
-    with pytest.raises(TrainingDiverged, match=r"loss\w* is nan at step 4"):
+    # The NaN layer shows as a NaN loss at the next step, or, where oneDNN's fused batch norm + ReLU
+    # maps the NaN activations to 0 and the loss stays finite, as NaN weights at the epoch's end.
+    with pytest.raises(TrainingDiverged, match=r"loss\w* is nan at step 4|are NaN or infinite after epoch 2"):
         runner.train(cfg, verbose=0)
     assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json"))
     assert not os.path.exists(os.path.join(cfg.workdir, "final"))

@@ -43,11 +43,15 @@ class TrainingDiverged(RuntimeError):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Raises `TrainingDiverged` at the first batch whose logged loss terms (`loss*`) are not finite.
+    """Raises `TrainingDiverged` at the first batch whose logged loss terms (`loss*`) are not finite,
+    and at the end of an epoch whose weights are not all finite.
 
     Keras' `TerminateOnNaN` watches only `loss` and lets the epoch end, so the NaN weights would be
     checkpointed and backed up. Raising from the batch stops `fit` before any of that: the
-    backup and checkpoint of the last finished epoch stay as they were.
+    backup and checkpoint of the last finished epoch stay as they were. The weights are checked
+    too, before anything saves them (this callback comes first), because a finite loss does not
+    prove finite weights: oneDNN's fused batch norm + ReLU maps NaN activations to 0, so a network
+    with a NaN layer can go on training with a finite loss.
     """
 
     def __init__(self, stage_dir=None):
@@ -63,6 +67,16 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                     f"{name} is {float(value)} at step {step}{where}: training diverged. The last finished "
                     "epoch's state is kept (backup/, checkpoints/). Lower the learning rate (--set lr=...) and "
                     "start a new --workdir, or rerun to retry from that state.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = [v.path for v in self.model.trainable_variables if not np.isfinite(keras.ops.convert_to_numpy(v)).all()]
+        if bad:
+            where = f" in {self.stage_dir}" if self.stage_dir else ""
+            raise TrainingDiverged(
+                f"{len(bad)} weight(s) are NaN or infinite after epoch {epoch + 1}{where} (first: {bad[0]}), "
+                "although the logged losses were finite: training diverged. The last finished epoch's state "
+                "is kept (backup/, checkpoints/). Lower the learning rate (--set lr=...) and start a new "
+                "--workdir, or rerun to retry from that state.")
 
 
 class BackupError(RuntimeError):
