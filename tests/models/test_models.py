@@ -146,3 +146,35 @@ def test_fused_batch_norm_falls_back_to_keras_for_what_it_cannot_fuse():
     assert "FusedBatchNormV3" not in {op.type for op in graph.get_operations()}
     flat = BatchNormalization()(tf.random.normal([4, 3]), training=True)  # 2-D: Keras' own path
     assert flat.shape == (4, 3)
+
+
+def test_dilated_conv_is_one_op_with_keras_results(monkeypatch):
+    """Dilated convolutions run as one Conv2D op (no SpaceToBatchND) with Keras' outputs and
+    gradients; where dilated gradients are not available they take Keras' path."""
+    import tensorflow as tf
+    from tfsemiseg.models import convolution
+
+    x = tf.random.stateless_normal([2, 13, 13, 8], seed=[3, 4])
+    ours = convolution.Conv2D(5, 3, dilation_rate=3, padding="same")
+    ours.build(x.shape)
+    reference = keras.layers.Conv2D(5, 3, dilation_rate=3, padding="same")
+    reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+
+    def outputs_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+    for a, b in zip(outputs_and_gradients(ours), outputs_and_gradients(reference)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+    def op_types(layer):
+        return {op.type for op in tf.function(layer).get_concrete_function(x).graph.get_operations()}
+    assert "SpaceToBatchND" not in op_types(ours) and "SpaceToBatchND" in op_types(reference)
+    strided = convolution.Conv2D(5, 3, strides=2, padding="same")
+    assert strided(x).shape == (2, 7, 7, 5)
+    monkeypatch.setattr(convolution, "native_dilation_supported", lambda: False)
+    assert "SpaceToBatchND" in op_types(ours)

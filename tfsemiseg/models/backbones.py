@@ -20,6 +20,7 @@ import keras
 from keras import layers
 
 from tfsemiseg.models import efficientnet_lite
+from tfsemiseg.models.convolution import Conv2D
 from tfsemiseg.models.normalization import BatchNormalization, ImageNormalization  # noqa: F401  (re-exported)
 
 SPECS = {
@@ -34,7 +35,7 @@ BN_EPSILON = 1.001e-5
 
 
 def _conv_bn(x, filters, kernel, name, stride=1, dilation=1, use_bias=True, relu=True):
-    x = layers.Conv2D(filters, kernel, strides=stride, dilation_rate=dilation, padding="same",
+    x = Conv2D(filters, kernel, strides=stride, dilation_rate=dilation, padding="same",
                       use_bias=use_bias, name=f"{name}_conv")(x)
     x = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x

@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from tfsemiseg.models.convolution import Conv2D
 from tfsemiseg.models.normalization import BatchNormalization
 
 
@@ -51,7 +52,7 @@ class AdaptiveAvgPool(layers.Layer):
 
 
 def _conv_bn_relu(x, filters, kernel, name, dilation=1):
-    x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False,
+    x = Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False,
                       name=f"{name}_conv")(x)
     x = BatchNormalization(name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
@@ -60,7 +61,7 @@ def _conv_bn_relu(x, filters, kernel, name, dilation=1):
 def aspp_v2(c4, num_classes, rates=(6, 12, 18, 24)):
     """DeepLab-v2 classifier: sum of 3x3 convs at `rates` on the last features, N(0, 0.01) init."""
     branches = [
-        layers.Conv2D(num_classes, 3, padding="same", dilation_rate=r, name=f"head_aspp_{r}",
+        Conv2D(num_classes, 3, padding="same", dilation_rate=r, name=f"head_aspp_{r}",
                       kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(c4)
         for r in rates
     ]
