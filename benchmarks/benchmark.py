@@ -67,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--pipeline", default="synthetic", help="'synthetic', a CamVid folder, or '' to skip")
     p.add_argument("--pipeline_batches", type=int, default=30)
     p.add_argument("--torch_python", default="", help="python of a venv with torch, for the reference")
+    p.add_argument("--torch_script", default=os.path.join(ROOT, "..", "shared", "bench", "torch_alss_step.py"))
     p.add_argument("--profile", default="", help="folder: trace --steps more steps with the TF profiler (open it "
                    "in TensorBoard's profile plugin) and print the op types that take the time")
     p.add_argument("--top", type=int, default=15, help="op types printed with --profile")
@@ -199,12 +200,27 @@ def pipeline_rate(args, cfg):
     return args.pipeline_batches / (time.perf_counter() - start)
 
 
+# Runs the reference script in its interpreter, then prints that process's own peak resident memory
+# (VmHWM: a forked child's getrusage maximum would include this process's memory at the fork).
+_PEAK_WRAPPER = """import runpy, sys
+script, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    runpy.run_path(script, run_name="__main__")
+finally:
+    print("peak_rss_kib=" + next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
+"""
+
+
 def torch_reference(args):
-    script = os.path.join(ROOT, "..", "shared", "bench", "torch_alss_step.py")
-    cmd = [args.torch_python, script, "--crop", str(args.crop), "--batch", str(args.batch),
-           "--classes", str(args.classes), "--steps", str(args.steps)] + (["--freeze_bn"] if args.freeze_bn else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"step_s=([\d.]+)", out).group(1)), out.strip().splitlines()[-1]
+    """(seconds per iteration, GFLOP per iteration, peak RSS in MiB, its summary line) of the PyTorch step."""
+    cmd = [args.torch_python, "-c", _PEAK_WRAPPER, args.torch_script, "--crop", str(args.crop),
+           "--batch", str(args.batch), "--classes", str(args.classes), "--steps", str(args.steps)]
+    out = subprocess.run(cmd + (["--freeze_bn"] if args.freeze_bn else []), capture_output=True, text=True,
+                         check=True).stdout
+    gflop = re.search(r"gflop_per_step=([\d.]+)", out)
+    summary = [line for line in out.splitlines() if "step_s=" in line][-1]
+    return (float(re.search(r"step_s=([\d.]+)", out).group(1)), float(gflop.group(1)) if gflop else None,
+            int(re.search(r"peak_rss_kib=(\d+)", out).group(1)) / 1024, summary)
 
 
 def main(argv=None):
@@ -217,8 +233,9 @@ def main(argv=None):
     if args.keras_batch_norm:
         use_keras_batch_norm()
     cfg = benchmark_config(args)
+    peak_gflops = {"float32": matmul_gflops(tf.float32), "bfloat16": matmul_gflops(tf.bfloat16)}
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} cores; dense matmul 2048^2: "
-          f"{matmul_gflops(tf.float32):.0f} GFLOP/s float32, {matmul_gflops(tf.bfloat16):.0f} GFLOP/s bfloat16")
+          f"{peak_gflops['float32']:.0f} GFLOP/s float32, {peak_gflops['bfloat16']:.0f} GFLOP/s bfloat16")
     print(f"{args.method}: {args.arch} {args.backbone} OS{args.output_stride} ASPP {cfg.aspp_rates or 'default'}, "
           f"crop {args.crop}, batch {args.batch}, "
           f"{args.classes} classes, jit_compile={args.jit_compile}, mixed_precision={args.mixed_precision}, "
@@ -235,9 +252,13 @@ def main(argv=None):
         rate = pipeline_rate(args, cfg)
         print(f"input pipeline ({args.pipeline}): {rate:.1f} batches/s, {rate * median:.1f}x what the step consumes")
     if args.torch_python:
-        reference, line = torch_reference(args)
-        print(f"PyTorch reference: {line}")
+        reference, gflop, peak, line = torch_reference(args)
+        print(f"PyTorch reference: {line}, peak RSS {peak:.0f} MiB")
         print(f"ratio tfsemiseg / PyTorch: {median / reference:.2f} (below 1: tfsemiseg faster)")
+        if gflop:  # the same arithmetic: the reference counts it with torch's FLOP counter
+            precision = "bfloat16" if args.mixed_precision else "float32"
+            print(f"tfsemiseg arithmetic: {gflop / median:.0f} GFLOP/s, {100 * gflop / median / peak_gflops[precision]:.0f} % "
+                  f"of the {precision} dense matmul ({gflop:.1f} GFLOP per iteration)")
     return 0
 
 

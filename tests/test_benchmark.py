@@ -74,3 +74,25 @@ def test_speed_benchmark_stream_does_not_autotune():
     stream = speed.in_memory_stream({"image": [[1.0]]})
     assert stream.options().autotune.enabled is False
     assert [float(b["image"][0][0]) for b in stream.take(2)] == [1.0, 1.0]
+
+
+def test_speed_benchmark_runs_the_reference_and_prints_the_ratio(capsys, tmp_path):
+    """The reference runs in its own interpreter (here a stand-in script printing what
+    ../shared/bench/torch_alss_step.py prints); its time, FLOPs and memory come back as figures."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    fake = tmp_path / "reference.py"
+    fake.write_text("import sys\nassert sys.argv[1:5] == ['--crop', '33', '--batch', '2']\n"
+                    "print('torch 0 threads=2')\nprint('step_s=4.000 seg_images_per_s=1.0 gflop_per_step=2.0 "
+                    "achieved_gflops=0.5')\n")
+    assert speed.main(["--method=alss", "--arch=deeplabv2", "--backbone=tiny", "--crop=33", "--batch=2",
+                       "--steps=1", "--repeats=1", "--pipeline=", f"--torch_python={sys.executable}",
+                       f"--torch_script={fake}"]) == 0
+    out = capsys.readouterr().out
+    median = float(out.split("median ")[1].split(" s/iter")[0])
+    assert f"ratio tfsemiseg / PyTorch: {median / 4.0:.2f}" in out
+    assert "PyTorch reference: step_s=4.000" in out and "peak RSS" in out.split("PyTorch reference:")[1]
+    assert f"tfsemiseg arithmetic: {2.0 / median:.0f} GFLOP/s" in out and "of the float32 dense matmul" in out
