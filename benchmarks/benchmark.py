@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--intra_op_threads", type=int, default=0, help="TensorFlow's intra-op threads (0: its default)")
     p.add_argument("--keras_batch_norm", action="store_true",
                    help="Keras' own (unfused) BatchNormalization instead of the project's fused one, to compare")
+    p.add_argument("--keras_dilated_conv", action="store_true",
+                   help="Keras' own dilated Conv2D (SpaceToBatchND around a convolution) instead of one op, to compare")
     p.add_argument("--pipeline", default="synthetic", help="'synthetic', a CamVid folder, or '' to skip")
     p.add_argument("--pipeline_batches", type=int, default=30)
     p.add_argument("--torch_python", default="", help="python of a venv with torch, for the reference")
@@ -123,10 +125,14 @@ def in_memory_stream(batch, autotune=False):
     return tf.data.Dataset.from_tensors(batch).repeat().with_options(options)
 
 
-def use_keras_batch_norm():
-    """Every BatchNormalization built from now on takes Keras' own unfused path (for --keras_batch_norm)."""
-    from tfsemiseg.models import normalization
-    normalization.BatchNormalization._fusable = lambda self, inputs, mask: False
+def use_keras_layers(batch_norm, dilated_conv):
+    """Every layer built from now on takes Keras' own path: unfused batch norm, dilated convolutions
+    by SpaceToBatchND (the project's layers before they were replaced, for comparison)."""
+    from tfsemiseg.models import convolution, normalization
+    if batch_norm:
+        normalization.BatchNormalization._fusable = lambda self, inputs, mask: False
+    if dilated_conv:
+        convolution.native_dilation_supported = lambda: False
 
 
 def time_train_step(args, cfg):
@@ -230,8 +236,7 @@ def main(argv=None):
     if args.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     set_precision(args.mixed_precision)
-    if args.keras_batch_norm:
-        use_keras_batch_norm()
+    use_keras_layers(args.keras_batch_norm, args.keras_dilated_conv)
     cfg = benchmark_config(args)
     peak_gflops = {"float32": matmul_gflops(tf.float32), "bfloat16": matmul_gflops(tf.bfloat16)}
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} cores; dense matmul 2048^2: "
@@ -240,6 +245,7 @@ def main(argv=None):
           f"crop {args.crop}, batch {args.batch}, "
           f"{args.classes} classes, jit_compile={args.jit_compile}, mixed_precision={args.mixed_precision}, "
           f"freeze_bn={args.freeze_bn}, batch norm {'Keras (unfused)' if args.keras_batch_norm else 'fused'}, "
+          f"dilated conv {'Keras (SpaceToBatchND)' if args.keras_dilated_conv else 'one op'}, "
           f"autotune={args.autotune}, threads inter-op {args.inter_op_threads or 'default'} "
           f"intra-op {args.intra_op_threads or 'default'}")
     seconds, images = time_train_step(args, cfg)
