@@ -81,7 +81,9 @@ def train(cfg, verbose=1, overwrite=False):
 
     A method is either a `SegmentationMethod` (one `fit`) or a driver of several stages
     (ST / ST++, with a `run` classmethod) that writes its stages under the same workdir.
-    A finished run is not trained again unless `overwrite`, which deletes the workdir first.
+    A finished run is not trained again unless `overwrite`, which first deletes what the workdir
+    holds (except `workers/`, the other multi-worker processes' own directories). A resumed run
+    does not decode its data files again when they are unchanged (`data_verified.json`).
     """
     cfg.validate()
     # First: under MultiWorkerMirroredStrategy it connects the workers before any other TF work,
@@ -104,7 +106,8 @@ def train(cfg, verbose=1, overwrite=False):
     set_precision(cfg.mixed_precision)
     os.makedirs(cfg.workdir, exist_ok=True)
     dataset = load_dataset(cfg)
-    dataset.verify(["labeled", "unlabeled", cfg.eval_split] if dataset.unlabeled else ["labeled", cfg.eval_split])
+    dataset.verify(["labeled", "unlabeled", cfg.eval_split] if dataset.unlabeled else ["labeled", cfg.eval_split],
+                   record=os.path.join(cfg.workdir, "data_verified.json"))
     atomic_write(os.path.join(cfg.workdir, "config.json"), cfg.to_json())
 
     method = get_method(cfg.method)

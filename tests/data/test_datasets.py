@@ -213,3 +213,22 @@ def test_jpeg_label_is_refused(camvid_tree):
     Image.fromarray(np.zeros((24, 32), np.uint8)).save(path, format="JPEG")
     with pytest.raises(DataError, match=r"Label is not a PNG.*v002.png"):
         _val_labels(camvid_tree)
+
+
+def test_verified_files_are_not_decoded_again_until_one_changes(camvid_tree, tmp_path, monkeypatch):
+    """A resumed run skips the full decode when its files are unchanged; a changed file is checked
+    (and named) again."""
+    ds = build_dataset("camvid", camvid_tree, "1_4")
+    record = str(tmp_path / "data_verified.json")
+    decoded = []
+    examples = type(ds).examples
+    monkeypatch.setattr(type(ds), "examples", lambda self, subset, **kw: decoded.append(subset) or
+                        examples(self, subset, **kw))
+    ds.verify(["labeled", "val"], record=record)
+    assert decoded == ["labeled", "val"] and os.path.exists(record)
+    ds.verify(["labeled", "val"], record=record)
+    assert decoded == ["labeled", "val"]  # nothing decoded the second time
+    with open(os.path.join(camvid_tree, "val", "v000.png"), "wb") as f:
+        f.write(b"not an image at all")
+    with pytest.raises(DataError, match="v000.png"):
+        ds.verify(["labeled", "val"], record=record)
