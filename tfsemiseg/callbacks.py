@@ -5,6 +5,7 @@ import math
 import os
 import time
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -79,6 +80,14 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 "--workdir, or rerun to retry from that state.")
 
 
+def _readable_h5(path):
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except OSError:
+        return False
+
+
 class BackupError(RuntimeError):
     """The backup of an interrupted run cannot be resumed; the message names the file."""
 
@@ -97,9 +106,14 @@ class Backup(keras.callbacks.BackupAndRestore):
 
     @staticmethod
     def resumed_epoch(backup_dir):
-        """The number of finished epochs a resumed fit starts after (0 for a new run)."""
-        path = os.path.join(backup_dir, "training_metadata.json")
-        return json.load(open(path))["epoch"] if os.path.exists(path) else 0
+        """The number of finished epochs a resumed fit starts after (0 for a new run): the backup's,
+        or, when its weights cannot be read and Keras falls back to the previous epoch's (`*.bkp`),
+        that one's, as `on_train_begin` will."""
+        metadata = os.path.join(backup_dir, "training_metadata.json")
+        weights = os.path.join(backup_dir, "latest.weights.h5")
+        if os.path.exists(weights) and os.path.exists(weights + ".bkp") and not _readable_h5(weights):
+            metadata += ".bkp"
+        return json.load(open(metadata))["epoch"] if os.path.exists(metadata) else 0
 
     def on_train_begin(self, logs=None):
         weights = self._weights_path
