@@ -116,6 +116,15 @@ def random_batch(spec, classes):
     return fill(["image"], spec)
 
 
+def resident_mib():
+    """This process's resident memory now, in MiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+    except OSError:
+        return 0.0
+
+
 def in_memory_stream(batch, autotune=False):
     """The same batch forever, without tf.data's autotuning: there is nothing to tune, and with it
     each `fit` returned only when the autotuner's thread next woke up (its period doubles from
@@ -142,9 +151,13 @@ def time_train_step(args, cfg):
     spec_source = build_dataset("synthetic", split="1_16", image_size=cfg.image_size)
     spec = method.train_data(spec_source, cfg).element_spec
     fake = types.SimpleNamespace(num_classes=args.classes, background=0 if args.classes == 21 else None)
+    memory = [("imported", resident_mib())]
     model = method.create(cfg, fake)
+    memory.append(("model built", resident_mib()))
     data = in_memory_stream(random_batch(spec, args.classes), args.autotune)
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
+    memory.append(("after 2 steps", resident_mib()))
+    print("resident memory (MiB): " + ", ".join(f"{name} {mib:.0f}" for name, mib in memory))
     seconds, cpu_seconds = [], []
     for _ in range(args.repeats):
         start, cpu_start = time.perf_counter(), time.process_time()

@@ -48,6 +48,7 @@ def test_speed_benchmark_times_the_real_train_step_and_the_pipeline(capsys, tmp_
     out = capsys.readouterr().out
     assert "GFLOP/s float32" in out and "train step s/iter: " in out and "segmenter images/s" in out
     assert "peak RSS" in out and "x what the step consumes" in out and "cores busy" in out
+    assert "resident memory (MiB): imported " in out and "after 2 steps" in out
     # The profile names the op types; batch norm runs as TensorFlow's fused op.
     assert "ops' summed wall time" in out and "FusedBatchNorm" in out
     assert list(tmp_path.glob("**/*.xplane.pb"))
