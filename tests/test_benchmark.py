@@ -96,4 +96,5 @@ def test_speed_benchmark_runs_the_reference_and_prints_the_ratio(capsys, tmp_pat
     median = float(out.split("median ")[1].split(" s/iter")[0])
     assert f"ratio tfsemiseg / PyTorch: {median / 4.0:.2f}" in out
     assert "PyTorch reference: step_s=4.000" in out and "peak RSS" in out.split("PyTorch reference:")[1]
-    assert f"tfsemiseg arithmetic: {2.0 / median:.0f} GFLOP/s" in out and "of the float32 dense matmul" in out
+    achieved = float(out.split("tfsemiseg arithmetic: ")[1].split(" GFLOP/s")[0])
+    assert abs(achieved - 2.0 / median) <= 1 and "of the float32 dense matmul" in out  # median printed rounded
