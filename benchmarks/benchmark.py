@@ -32,6 +32,7 @@ import types
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -158,14 +159,19 @@ def time_train_step(args, cfg):
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     memory.append(("after 2 steps", resident_mib()))
     print("resident memory (MiB): " + ", ".join(f"{name} {mib:.0f}" for name, mib in memory))
-    seconds, cpu_seconds = [], []
+    seconds, cpu_seconds, after_last_step = [], [], []
+    last_step = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda *_, **__: setattr(last_step, "at", time.perf_counter()))
     for _ in range(args.repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
-        model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
-        seconds.append((time.perf_counter() - start) / args.steps)
+        model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False, callbacks=[last_step])
+        end = time.perf_counter()
+        seconds.append((end - start) / args.steps)
         cpu_seconds.append((time.process_time() - cpu_start) / args.steps)
+        after_last_step.append(end - last_step.at)
     print(f"CPU time per step: {statistics.median(cpu_seconds):.3f} s "
-          f"({statistics.median(cpu_seconds) / statistics.median(seconds):.2f} cores busy)")
+          f"({statistics.median(cpu_seconds) / statistics.median(seconds):.2f} cores busy); `fit` returned "
+          f"{', '.join(f'{s:.3f}' for s in after_last_step)} s after its last step")
     if args.profile:
         profile_steps(args, model, data)
     images = args.batch * (2 if args.method in ("alss", "pseudoseg") else 1)  # labeled + unlabeled

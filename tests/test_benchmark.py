@@ -8,6 +8,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("camvid_benchmark", os.path.join(ROOT, "benchmarks", "camvid_benchmark.py"))
 benchmark = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(benchmark)
+spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
+speed = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(speed)
 
 
 def test_benchmark_runs_records_and_skips(camvid_tree, tmp_path, capsys):
@@ -39,15 +42,13 @@ def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
 
 
 def test_speed_benchmark_times_the_real_train_step_and_the_pipeline(capsys, tmp_path):
-    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
     assert speed.main(["--method=pseudoseg", "--arch=deeplabv3plus", "--backbone=tiny", "--crop=33", "--batch=2",
                        "--classes=11", "--steps=2", "--repeats=2", "--pipeline_batches=2",
                        f"--profile={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "GFLOP/s float32" in out and "train step s/iter: " in out and "segmenter images/s" in out
     assert "peak RSS" in out and "x what the step consumes" in out and "cores busy" in out
+    assert "s after its last step" in out
     assert "resident memory (MiB): imported " in out and "after 2 steps" in out
     # The profile names the op types; batch norm runs as TensorFlow's fused op.
     assert "ops' summed wall time" in out and "FusedBatchNorm" in out
@@ -57,9 +58,6 @@ def test_speed_benchmark_times_the_real_train_step_and_the_pipeline(capsys, tmp_
 
 
 def test_speed_benchmark_aspp_rates():
-    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
     v3 = ["--arch=deeplabv3plus", "--backbone=tiny"]
     assert speed.benchmark_config(speed.parse_args(v3)).aspp_rates == (12, 24, 36)  # DeepLab's, OS 8
     assert speed.benchmark_config(speed.parse_args(v3 + ["--output_stride=16"])).aspp_rates == (6, 12, 18)
@@ -69,9 +67,6 @@ def test_speed_benchmark_aspp_rates():
 def test_speed_benchmark_stream_does_not_autotune():
     """With autotuning, each timed `fit` waited for the tf.data autotuner's next wake-up (timings
     quantized to about 2 s); the in-memory stream has nothing to tune."""
-    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
     stream = speed.in_memory_stream({"image": [[1.0]]})
     assert stream.options().autotune.enabled is False
     assert [float(b["image"][0][0]) for b in stream.take(2)] == [1.0, 1.0]
@@ -82,9 +77,6 @@ def test_speed_benchmark_runs_the_reference_and_prints_the_ratio(capsys, tmp_pat
     ../shared/bench/torch_alss_step.py prints); its time, FLOPs and memory come back as figures."""
     import sys
 
-    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
     fake = tmp_path / "reference.py"
     fake.write_text("import sys\nassert sys.argv[1:5] == ['--crop', '33', '--batch', '2']\n"
                     "print('torch 0 threads=2')\nprint('step_s=4.000 seg_images_per_s=1.0 gflop_per_step=2.0 "

@@ -56,7 +56,6 @@ def test_mixed_precision_trains_with_float32_logits(tmp_path, method):
 
 WORKER = r"""
 import json, sys
-import numpy as np
 import configs
 from tfsemiseg import runner
 method, distribute, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -114,3 +113,20 @@ def test_multi_worker_on_localhost_matches_one_process(method, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=atol)
     assert os.path.exists(tmp_path / "multi" / "workers" / "worker_1" / "metrics.json")
     assert not os.path.exists(tmp_path / "multi" / "workers" / "worker_0")
+
+
+def test_sync_bn_reaches_every_batch_norm_of_a_method():
+    """Under --distribute, every batch norm a method trains computes global statistics, including
+    the ones a layer holds as an attribute (PseudoSeg's SGC), which no `.layers` list contains."""
+    import keras
+
+    import configs
+    from tfsemiseg.data import build_dataset
+    from tfsemiseg.methods import get_method
+    from tfsemiseg.training import synchronize_batch_norm
+
+    cfg = configs.get_config("pseudoseg", "synthetic").replace(crop_size=32, batch_size=2)
+    model = get_method("pseudoseg").create(cfg, build_dataset("synthetic", split="1_16", image_size=32))
+    synchronize_batch_norm(model)
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert "head_sgc_bn" in [n.name for n in norms] and all(n.synchronized for n in norms)

@@ -99,13 +99,14 @@ def make_strategy(name):
     raise ValueError(f"--distribute must be none, mirrored or multiworker, got {name!r}")
 
 
-def synchronize_batch_norm(layer):
-    """Make every BatchNormalization in `layer` (recursively) compute its training statistics over
-    all replicas' batches (Keras' `synchronized=True`, an all-reduce of the sums per step)."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        layer.synchronized = True
-    for sub in getattr(layer, "layers", []):
-        synchronize_batch_norm(sub)
+def synchronize_batch_norm(model):
+    """Make every BatchNormalization in `model` compute its training statistics over all replicas'
+    batches (Keras' `synchronized=True`, an all-reduce of the sums per step). `_flatten_layers`
+    (Keras' own walk) also finds the layers a layer holds as attributes, such as PseudoSeg's SGC
+    batch norm, which no `.layers` list contains."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
 
 
 def worker_workdir(workdir, strategy):

@@ -36,7 +36,7 @@ BN_EPSILON = 1.001e-5
 
 def _conv_bn(x, filters, kernel, name, stride=1, dilation=1, use_bias=True, relu=True):
     x = Conv2D(filters, kernel, strides=stride, dilation_rate=dilation, padding="same",
-                      use_bias=use_bias, name=f"{name}_conv")(x)
+               use_bias=use_bias, name=f"{name}_conv")(x)
     x = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
 

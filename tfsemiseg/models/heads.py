@@ -53,7 +53,7 @@ class AdaptiveAvgPool(layers.Layer):
 
 def _conv_bn_relu(x, filters, kernel, name, dilation=1):
     x = Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False,
-                      name=f"{name}_conv")(x)
+               name=f"{name}_conv")(x)
     x = BatchNormalization(name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
@@ -62,7 +62,7 @@ def aspp_v2(c4, num_classes, rates=(6, 12, 18, 24)):
     """DeepLab-v2 classifier: sum of 3x3 convs at `rates` on the last features, N(0, 0.01) init."""
     branches = [
         Conv2D(num_classes, 3, padding="same", dilation_rate=r, name=f"head_aspp_{r}",
-                      kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(c4)
+               kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(c4)
         for r in rates
     ]
     return layers.Add(name="head_aspp_sum")(branches)

@@ -70,9 +70,8 @@ class BatchNormalization(layers.BatchNormalization):
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(inputs, tf.float32)
-        channels = x.shape[-1]
-        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
-        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones_like(self.moving_mean)
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros_like(self.moving_mean)
         if training and self.trainable:
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, scale, offset, epsilon=self.epsilon, is_training=True)
