@@ -118,12 +118,14 @@ def random_batch(spec, classes):
 
 
 def resident_mib():
-    """This process's resident memory now, in MiB (Linux; 0 elsewhere)."""
+    """This process's resident memory now and its file-backed part (pages of mapped shared libraries,
+    TensorFlow's own code among them), in MiB (Linux; zeros elsewhere)."""
     try:
         with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-    except OSError:
-        return 0.0
+            status = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in f if line.startswith(("VmRSS", "RssFile"))}
+        return status["VmRSS"], status["RssFile"]
+    except (OSError, KeyError):
+        return 0.0, 0.0
 
 
 def in_memory_stream(batch, autotune=False):
@@ -158,7 +160,7 @@ def time_train_step(args, cfg):
     data = in_memory_stream(random_batch(spec, args.classes), args.autotune)
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     memory.append(("after 2 steps", resident_mib()))
-    print("resident memory (MiB): " + ", ".join(f"{name} {mib:.0f}" for name, mib in memory))
+    print("resident memory (MiB): " + ", ".join(f"{name} {rss:.0f} (file-backed {file:.0f})" for name, (rss, file) in memory))
     seconds, cpu_seconds, after_last_step = [], [], []
     last_step = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda *_, **__: setattr(last_step, "at", time.perf_counter()))
@@ -232,12 +234,14 @@ script, sys.argv = sys.argv[1], sys.argv[1:]
 try:
     runpy.run_path(script, run_name="__main__")
 finally:
-    print("peak_rss_kib=" + next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
+    status = {l.split(":")[0]: l.split()[1] for l in open("/proc/self/status") if l.startswith(("VmHWM", "RssFile"))}
+    print(f"peak_rss_kib={status['VmHWM']} rss_file_kib={status['RssFile']}")
 """
 
 
 def torch_reference(args):
-    """(seconds per iteration, GFLOP per iteration, peak RSS in MiB, its summary line) of the PyTorch step."""
+    """(seconds per iteration, GFLOP per iteration, peak RSS and the file-backed part of RSS at the end
+    in MiB, its summary line) of the PyTorch step."""
     cmd = [args.torch_python, "-c", _PEAK_WRAPPER, args.torch_script, "--crop", str(args.crop),
            "--batch", str(args.batch), "--classes", str(args.classes), "--steps", str(args.steps)]
     out = subprocess.run(cmd + (["--freeze_bn"] if args.freeze_bn else []), capture_output=True, text=True,
@@ -245,7 +249,8 @@ def torch_reference(args):
     gflop = re.search(r"gflop_per_step=([\d.]+)", out)
     summary = [line for line in out.splitlines() if "step_s=" in line][-1]
     return (float(re.search(r"step_s=([\d.]+)", out).group(1)), float(gflop.group(1)) if gflop else None,
-            int(re.search(r"peak_rss_kib=(\d+)", out).group(1)) / 1024, summary)
+            int(re.search(r"peak_rss_kib=(\d+)", out).group(1)) / 1024,
+            int(re.search(r"rss_file_kib=(\d+)", out).group(1)) / 1024, summary)
 
 
 def main(argv=None):
@@ -272,13 +277,13 @@ def main(argv=None):
     print("train step s/iter: " + ", ".join(f"{s:.3f}" for s in seconds))
     print(f"median {median:.3f} s/iter (max/min {max(seconds) / min(seconds):.2f}), "
           f"{images / median:.2f} segmenter images/s, peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (file-backed {resident_mib()[1]:.0f})")
     if args.pipeline:
         rate = pipeline_rate(args, cfg)
         print(f"input pipeline ({args.pipeline}): {rate:.1f} batches/s, {rate * median:.1f}x what the step consumes")
     if args.torch_python:
-        reference, gflop, peak, line = torch_reference(args)
-        print(f"PyTorch reference: {line}, peak RSS {peak:.0f} MiB")
+        reference, gflop, peak, file, line = torch_reference(args)
+        print(f"PyTorch reference: {line}, peak RSS {peak:.0f} MiB (file-backed {file:.0f})")
         print(f"ratio tfsemiseg / PyTorch: {median / reference:.2f} (below 1: tfsemiseg faster)")
         if gflop:  # the same arithmetic: the reference counts it with torch's FLOP counter
             precision = "bfloat16" if args.mixed_precision else "float32"
