@@ -9,7 +9,9 @@ method first), so a partial benchmark already compares all methods. A finished r
 small record, `<records>/<label>_<split>_seed<N>.json` (its metrics, command and wall time),
 meant to be committed: a run with a record is skipped, on this machine or a fresh one. An
 interrupted run resumes where train.py left it (its stages and backups), so the command can be
-stopped and run again. The wall time of every attempt is added up in `<run>/benchmark.json`.
+stopped and run again. The wall time of every attempt is added up in `<run>/benchmark.json`,
+which is brought up to date every minute while a run goes, so an attempt killed with this
+command (the end of a session, say) still counts.
 
 After every run the markdown tables (per run; mean +- std per method; mean per-class IoU)
 are rewritten to `<records>/results.md`, ready to paste into RESULTS.md.
@@ -92,6 +94,9 @@ def record_path(args, label, split, seed):
     return os.path.join(args.records, f"{label}_{split}_seed{seed}.json")
 
 
+HEARTBEAT_SECONDS = 60
+
+
 def execute(args, label, method, split, seed, extra):
     """Run (or resume) one training run; when it has finished, write its record."""
     workdir = run_dir(args, label, split, seed)
@@ -101,11 +106,19 @@ def execute(args, label, method, split, seed, extra):
     attempts = json.load(open(attempts_path)) if os.path.exists(attempts_path) else []
     if not os.path.exists(os.path.join(workdir, "metrics.json")):
         print(f"[{time.strftime('%H:%M:%S')}] {label} split={split} seed={seed}: {' '.join(cmd[1:])}", flush=True)
+        attempt = {"seconds": 0.0, "exit": None}  # `exit` stays None if this process is killed
+        attempts.append(attempt)
         start = time.time()
         with open(workdir + ".log", "a") as log:
-            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        attempts.append({"seconds": round(time.time() - start, 1), "exit": code})
-        _write_json(attempts_path, attempts)
+            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            code = None
+            while code is None:
+                try:
+                    code = process.wait(timeout=HEARTBEAT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
+                attempt.update(seconds=round(time.time() - start, 1), exit=code)
+                _write_json(attempts_path, attempts)
         if code != 0:
             print(f"  failed with exit {code}; see {workdir}.log", flush=True)
             return code

@@ -32,6 +32,45 @@ def test_benchmark_runs_records_and_skips(camvid_tree, tmp_path, capsys):
     assert "2 runs finished, 0 to do" in capsys.readouterr().out
 
 
+def test_an_attempt_counts_while_it_runs(tmp_path, monkeypatch):
+    """benchmark.json is brought up to date while the run goes: an attempt whose benchmark process
+    is killed (a session ending) keeps its time, and the next attempt adds to it."""
+    import sys
+    import threading
+    import time
+
+    release = tmp_path / "release"
+    train = ("import json, os, sys, time\n"
+             f"while not os.path.exists({str(release)!r}): time.sleep(0.01)\n"
+             "json.dump({'miou': 0.5}, open(os.path.join(sys.argv[1], 'metrics.json'), 'w'))\n")
+    monkeypatch.setattr(benchmark, "command", lambda args, method, split, seed, workdir, extra:
+                        [sys.executable, "-c", train, workdir])
+    monkeypatch.setattr(benchmark, "HEARTBEAT_SECONDS", 0.05, raising=False)
+    args = benchmark.parse_args([f"--runs_dir={tmp_path / 'runs'}", f"--records={tmp_path / 'records'}"])
+    run = tmp_path / "runs" / "suponly_1_8_seed0"
+    run.mkdir(parents=True)
+    (run / "benchmark.json").write_text(json.dumps([{"seconds": 100.0, "exit": None}]))  # a killed attempt
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(benchmark.execute(args, "suponly", "suponly", "1_8", 0, [])))
+    worker.start()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            attempts = json.loads((run / "benchmark.json").read_text())
+            if len(attempts) == 2 and attempts[1]["seconds"] > 0:
+                break
+            time.sleep(0.02)
+        assert attempts[1]["exit"] is None and attempts[1]["seconds"] > 0  # written while the run goes
+    finally:
+        release.write_text("")
+        worker.join(30)
+    assert codes == [0]
+    attempts = json.loads((run / "benchmark.json").read_text())
+    assert attempts[1]["exit"] == 0
+    record = json.load(open(tmp_path / "records" / "suponly_1_8_seed0.json"))
+    assert record["attempts"] == 2 and record["wall_seconds"] == round(100.0 + attempts[1]["seconds"], 1)
+
+
 def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
     args = benchmark.parse_args(["--methods=suponly,alss", "--seeds=0,1", "--upper_bound_seeds=0",
                                  "--variant=alss_slow_d=alss --set d_lr=1e-5"])
