@@ -2,8 +2,11 @@
 
 lr(it) = base_lr * (1 - it / T) ** power is `keras.optimizers.schedules.PolynomialDecay`
 with `end_learning_rate=0`. The "head at 10x the backbone LR" rule is applied by scaling the
-head's gradients (`lr_multipliers`), which for Keras' SGD (v = mu v - lr g) is exactly a
-10x learning rate for those variables.
+head's gradients (`lr_multipliers`), which for Keras' SGD (v = mu v - lr g) is a 10x learning
+rate for the gradient step of those variables, but not for weight decay: Keras' is decoupled
+(w -= lr * wd * w, outside the momentum) and stays at 1x for the head, where the papers' PyTorch
+/ Caffe SGD puts wd * w into the gradient, so that it is scaled by the head's 10x and passes
+through the momentum (about 10x more at momentum 0.9). BUILD.md has the consequence.
 """
 
 import keras
@@ -16,7 +19,8 @@ def poly_schedule(lr, iterations, power=0.9):
 
 
 def poly_sgd(lr, iterations, momentum=0.9, weight_decay=None, power=0.9):
-    """SGD with momentum and poly decay. Weight decay is Keras' (lr * wd * w per step)."""
+    """SGD with momentum and poly decay. Weight decay is Keras' decoupled one (lr * wd * w per step,
+    outside the momentum; see the module docstring)."""
     return keras.optimizers.SGD(poly_schedule(lr, iterations, power), momentum=momentum,
                                 weight_decay=weight_decay or None)
 

@@ -44,6 +44,16 @@ def test_head_variables_get_the_head_lr_multiplier(cfg):
     np.testing.assert_allclose(b0 - back.numpy(), lr * g_back.numpy(), rtol=2e-2, atol=1e-7)
 
 
+def test_weight_decay_is_decoupled_and_outside_the_momentum():
+    """What optim.py and BUILD.md say: Keras' decay (w -= lr * wd * w), not L2 in the gradient
+    (which would pass through the momentum: 0.9711 after two steps here, not 0.9801)."""
+    w = tf.Variable([1.0])
+    sgd = optim.poly_sgd(0.1, 10 ** 9, momentum=0.9, weight_decay=0.1)
+    for _ in range(2):
+        sgd.apply([tf.zeros([1])], [w])
+    assert float(w[0]) == pytest.approx(0.99 ** 2, rel=1e-6)
+
+
 def test_poly_schedule_reaches_zero():
     schedule = optim.poly_schedule(0.1, 10)
     assert float(schedule(0)) == pytest.approx(0.1)
