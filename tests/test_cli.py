@@ -112,6 +112,8 @@ def test_a_diverged_run_exits_non_zero_and_names_the_loss(tmp_path):
     (["--split=1_0"], "--split=1_0: a fraction a_b needs 0 < a <= b"),
     (["--method=datasets"], "Unknown --method='datasets'; choose one of alss, pseudoseg, st, stpp, suponly"),
     (["--method=foo"], "Unknown --method='foo'; choose one of"),
+    (["--method=pseudoseg", "--set", "image_labels=no_such_tags.txt"],
+     "Image-level labels file no_such_tags.txt does not exist. Pass an existing file to --set image_labels"),
 ])
 def test_bad_settings_are_named_without_a_traceback(tmp_path, args, message):
     workdir = str(tmp_path / "bad")

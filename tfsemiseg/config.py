@@ -86,7 +86,8 @@ class Config:
     fusion_gamma: float = owned_by(0.5, "pseudoseg")  # the SGC's share of the fused pseudo-label
     pseudo_temperature: float = owned_by(0.5, "pseudoseg")  # sharpening temperature T
     attention_dim: int = owned_by(128, "pseudoseg")  # SGC query / key width
-    image_labels: str = owned_by("", "pseudoseg")  # "": predicted classes; "masks": from the unlabeled masks
+    # "": predicted classes; "masks": from the unlabeled crops' masks; a file path: "<image id> <class> ..." lines
+    image_labels: str = owned_by("", "pseudoseg")
 
     def validate(self):
         """Raise ValueError naming the flag of the first setting that cannot work (before anything runs)."""

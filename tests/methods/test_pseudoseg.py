@@ -1,12 +1,14 @@
 """PseudoSeg: fusion, Grad-CAM, the SGC's attention mask, gradient isolation, the image-level variant, a fit."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import configs
 from tfsemiseg import losses, runner
-from tfsemiseg.data import build_dataset, pipeline
+from tfsemiseg.data import build_dataset, io, pipeline
 from tfsemiseg.methods.pseudoseg import (PseudoSeg, SelfAttentionGradCAM, build_classifier, fuse_pseudo_labels,
                                          grad_cam, present_classes)
 
@@ -115,6 +117,61 @@ def test_image_level_variant_uses_the_given_classes(synthetic, monkeypatch):
     model.train_step(batch)
     expected = given[:, 1:].sum(-1).mean()  # background dropped
     assert float(model.trackers["classes_per_image"].result()) == pytest.approx(expected)
+
+
+def test_image_level_variant_reads_a_file_of_image_classes(synthetic, tmp_path, monkeypatch):
+    """`--set image_labels=FILE`: each unlabeled image's listed classes (not its mask's) reach the CAM."""
+    cfg, dataset = synthetic
+    tags = tmp_path / "tags.txt"
+    tags.write_text("# id, then its classes by name or index\n"
+                    + "".join(f"{dataset.image_id(k)}.png square 4\n" for k in dataset.keys("unlabeled"))
+                    + "999999 disc\n")  # lines of other images are allowed
+    cfg = cfg.replace(image_labels=str(tags))
+    model = PseudoSeg.create(cfg, dataset)
+    monkeypatch.setattr(PseudoSeg, "predicted_classes", lambda *a: pytest.fail("predicted instead of given"))
+    batch = next(iter(PseudoSeg.train_data(dataset, cfg)))
+    expected = np.zeros(dataset.num_classes, np.uint8)
+    expected[[dataset.class_names.index("square"), 4]] = 1
+    np.testing.assert_array_equal(batch["unlabeled"]["classes"].numpy(), [expected, expected])
+    model.train_step(batch)
+    assert float(model.trackers["classes_per_image"].result()) == pytest.approx(2.0)
+
+
+def test_image_level_labels_file_errors_name_the_file_and_line(synthetic, tmp_path):
+    _, dataset = synthetic
+    ids = [dataset.image_id(k) for k in dataset.keys("unlabeled")]
+    cases = {
+        "unknown": ("".join(f"{i} disc\n" for i in ids[:3]) + f"{ids[3]} dog\n",
+                    "line 4: unknown class 'dog'. Classes of 'synthetic' are 0-5 or their names: background, disc"),
+        "twice": (f"{ids[0]} disc\n{ids[0]} ring\n", f"line 2: image '{ids[0]}' is listed twice"),
+        "missing": ("".join(f"{i}\n" for i in ids[1:]), f"has no line for 1 of the {len(ids)} unlabeled images, "
+                                                           f"first: '{ids[0]}'"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / f"{name}.txt"
+        path.write_text(text)
+        with pytest.raises(io.DataError, match=re.escape(message)):
+            dataset.read_image_labels(str(path))
+    with pytest.raises(io.DataError, match="does not exist"):
+        dataset.read_image_labels(str(tmp_path / "nothing.txt"))
+    alone = tmp_path / "alone.txt"
+    alone.write_text("".join(f"{i}\n" for i in ids))
+    rows = dataset.read_image_labels(str(alone))
+    assert rows.shape == (len(ids), dataset.num_classes) and rows.sum() == 0  # an id alone: no class
+
+
+def test_examples_carry_per_image_extras_through_the_shuffle():
+    """`extras` stay paired with their image when the keys are shuffled."""
+    from tfsemiseg.data import synthetic as synthetic_data
+
+    dataset = build_dataset("synthetic", split="1_16")
+    keys = dataset.keys("unlabeled")
+    stream = dataset.examples("unlabeled", shuffle_seed=3, with_label=False,
+                              extras={"position": np.arange(len(keys))})
+    for example in stream.take(4):
+        key = keys[int(example["position"])]
+        np.testing.assert_array_equal(example["image"].numpy(),
+                                      synthetic_data.render(key, dataset.seed, dataset.image_size)["image"].numpy())
 
 
 def test_unlabeled_image_labels_are_the_classes_in_the_crop(synthetic):

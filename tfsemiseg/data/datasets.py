@@ -90,26 +90,72 @@ class SegDataset:
                                "Fix --eval_split.")
         return keys() if callable(keys) else keys
 
-    def examples(self, subset, shuffle_seed=None, repeat=False, with_label=True):
+    def examples(self, subset, shuffle_seed=None, repeat=False, with_label=True, extras=None):
         """Decoded examples of `subset` as an unbatched tf.data.Dataset.
 
         Shuffling happens on the (cheap) keys before decoding; the stream is infinite
-        when `repeat`. Unlabeled subsets never read their labels.
+        when `repeat`. Unlabeled subsets never read their labels. `extras` ({name: array whose
+        first axis follows `keys(subset)`}) adds per-example values to each example.
         """
         keys = self.keys(subset)
         if not keys:
             raise io.DataError(f"The {subset} set of {self.name!r} is empty for this split. "
                                "Check the split files or choose another --split.")
         if isinstance(keys[0], tuple):  # (image_path, label_path), or (index, label_path) when relabeled
-            ds = tf.data.Dataset.from_tensor_slices(tuple(np.asarray(k) for k in zip(*keys)))
+            key_tensors = tuple(np.asarray(k) for k in zip(*keys))
         else:
-            ds = tf.data.Dataset.from_tensor_slices(np.asarray(keys, np.int64))
+            key_tensors = (np.asarray(keys, np.int64),)
+        ds = tf.data.Dataset.from_tensor_slices((key_tensors, dict(extras or {})))
         if shuffle_seed is not None:
             ds = ds.shuffle(len(keys), seed=shuffle_seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
-        return ds.map(self._decoder(with_label), num_parallel_calls=tf.data.AUTOTUNE,
+        decode = self._decoder(with_label)
+        return ds.map(lambda key, extra: {**decode(*key), **extra}, num_parallel_calls=tf.data.AUTOTUNE,
                       deterministic=shuffle_seed is None)
+
+    def image_id(self, key):
+        """The id a user names an image by: its file name without extension (the index, synthetic)."""
+        if not isinstance(key, tuple):
+            return str(int(key))
+        return os.path.splitext(os.path.basename(str(key[0])))[0]
+
+    def read_image_labels(self, path, subset="unlabeled"):
+        """Image-level labels of `subset` from a text file: multi-hot uint8 [N, C] in `keys(subset)` order.
+
+        One line per image: its id (file name, with or without extension; the index for the
+        synthetic set) then the classes present, by name or index, separated by spaces; an image
+        with none has its id alone. Lines of other images (e.g. the labeled ones) are allowed;
+        `#` starts a comment. Raises DataError naming the file, line and how to fix it.
+        """
+        if not os.path.isfile(path):
+            raise io.DataError(f"Image-level labels file {path} does not exist. Pass an existing file "
+                               "to --set image_labels (or 'masks' to derive them from the unlabeled masks).")
+        by_name = {name.lower(): i for i, name in enumerate(self.class_names)}
+        given = {}
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                fields = line.split("#", 1)[0].split()
+                if not fields:
+                    continue
+                image = os.path.splitext(os.path.basename(fields[0]))[0]
+                if image in given:
+                    raise io.DataError(f"{path}, line {number}: image {fields[0]!r} is listed twice.")
+                row = np.zeros(self.num_classes, np.uint8)
+                for token in fields[1:]:
+                    index = int(token) if token.isdigit() else by_name.get(token.lower())
+                    if index is None or not 0 <= index < self.num_classes:
+                        raise io.DataError(
+                            f"{path}, line {number}: unknown class {token!r}. Classes of {self.name!r} are "
+                            f"0-{self.num_classes - 1} or their names: {', '.join(self.class_names)}.")
+                    row[index] = 1
+                given[image] = row
+        ids = [self.image_id(k) for k in self.keys(subset)]
+        missing = [i for i in ids if i not in given]
+        if missing:
+            raise io.DataError(f"{path} has no line for {len(missing)} of the {len(ids)} {subset} images, first: "
+                               f"{missing[0]!r}. Add a line for each (its id alone if it shows no class).")
+        return np.stack([given[i] for i in ids])
 
     def _decoder(self, with_label):
         num_classes, ignore_value = self.num_classes, self.ignore_value

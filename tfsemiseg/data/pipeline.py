@@ -62,13 +62,15 @@ def mixed_stream(streams, weights, cfg, seed=0, batch_size=None):
     return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_labels=False):
+def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_labels=False, image_classes=None):
     """Infinite shuffled batches of unlabeled crops (labels are never read, unless `image_labels`).
 
     With `strong` (an `augment.StrongAugment`), each crop also gets a strongly augmented
-    view with the same geometry. With `image_labels` (PseudoSeg's image-level variant), the
-    unlabeled images' masks are read for one purpose: "classes", uint8 [B, C], the classes
-    present in each crop (derived from the crop's mask, as the official code does).
+    view with the same geometry. PseudoSeg's image-level variant adds "classes", uint8 [B, C]:
+    with `image_labels`, the unlabeled images' masks are read for that one purpose, the classes
+    present in each crop (derived from the crop's mask, as the official code does); with
+    `image_classes` (uint8 [N, C] in `dataset.keys("unlabeled")` order, e.g. from
+    `dataset.read_image_labels`), each image's given classes, whatever its crop shows.
     """
     def prepare(example):
         example = prescale(example, cfg.image_scale)
@@ -87,12 +89,15 @@ def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_l
         if image_labels:
             out["classes"] = tf.cast(tf.reduce_max(tf.one_hot(tf.cast(label, tf.int32), dataset.num_classes,
                                                                dtype=tf.uint8), axis=[0, 1]), tf.uint8)
+        elif image_classes is not None:
+            out["classes"] = example["classes"]
         if strong is not None:
             image_s, pad_s = strong(image, pad)
             out.update(image_strong=image_s, valid_strong=tf.cast(pad_s != IGNORE_LABEL, tf.uint8))
         return out
 
-    ds = dataset.examples("unlabeled", shuffle_seed=seed, repeat=True, with_label=image_labels)
+    extras = {"classes": image_classes} if image_classes is not None else None
+    ds = dataset.examples("unlabeled", shuffle_seed=seed, repeat=True, with_label=image_labels, extras=extras)
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 

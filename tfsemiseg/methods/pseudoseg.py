@@ -16,8 +16,10 @@ and on labeled images x with ground truth y_x:
     L_sup = CE(S(x), y_x)      L_sa = CE(SGC(x), y_x)      L_cls = BCE(cls(c4(x)), classes in y_x)
     L = L_sup + L_sa + L_cls + lambda_u L_u
 
-With image-level labels (`image_labels`), L_cls is computed on the unlabeled batch with its given
-classes, which also select the CAM's classes. `tfsemiseg.data.Dataset.background` decides whether
+With image-level labels (`image_labels`: "masks", the classes in each unlabeled crop's mask, or a
+file of per-image classes, `SegDataset.read_image_labels`), L_cls is computed on the unlabeled batch
+with its given classes, which also select the CAM's classes. A file's classes are the whole
+image's, so a crop may miss some of them. `tfsemiseg.data.Dataset.background` decides whether
 a background channel exists (VOC, synthetic) or not (CamVid, Cityscapes): the classification head
 then covers all C classes and the SGC adds no background channel.
 
@@ -185,11 +187,13 @@ class PseudoSeg(SegmentationMethod):
     def train_data(dataset, cfg):
         """Labeled and unlabeled batches 1:1; each unlabeled crop with its strong view (and, with
         image-level labels, the classes present)."""
+        from_masks = cfg.image_labels == "masks"
+        given = dataset.read_image_labels(cfg.image_labels) if cfg.image_labels and not from_masks else None
         return tf.data.Dataset.zip({
             "labeled": pipeline.labeled_stream(dataset, cfg, seed=cfg.seed),
             "unlabeled": pipeline.unlabeled_stream(dataset, cfg, seed=cfg.seed + 1,
                                                    strong=augment.StrongAugment.pseudoseg(cfg.crop_size),
-                                                   image_labels=bool(cfg.image_labels)),
+                                                   image_labels=from_masks, image_classes=given),
         })
 
     def optimized_variables(self):
