@@ -22,11 +22,13 @@ DATASETS = {
         split="1464", crop_size=321, scale_range=(0.5, 1.5), batch_size=10, eval_batch_size=1,
         arch="deeplabv2", backbone="resnet101", output_stride=8, backbone_weights="imagenet", freeze_bn=True,
         iterations=20000, steps_per_epoch=1000, lr=2.5e-4, weight_decay=5e-4, head_lr_mult=10.0,
+        weight_decay_in_gradient=True,  # the papers' SGD (PyTorch / Caffe), tfsemiseg/optim.py
     ),
     "cityscapes": dict(
         split="1_8", image_scale=0.5, crop_size=512, scale_range=(0.5, 1.5), batch_size=8, eval_batch_size=1,
         eval_window=512, arch="deeplabv2", backbone="resnet101", output_stride=8, backbone_weights="imagenet",
         freeze_bn=True, iterations=20000, steps_per_epoch=1000, lr=2.5e-4, weight_decay=5e-4,
+        weight_decay_in_gradient=True,
     ),
     "camvid": dict(
         split="1_8", image_scale=0.75, crop_size=224, scale_range=(0.75, 1.5), batch_size=8, eval_batch_size=4,

@@ -54,6 +54,9 @@ class Config:
     lr: float = 2.5e-4
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # False: Keras' decoupled decay (w -= lr * wd * w); True: the papers' code's, wd * w added to the
+    # gradient (so it passes through momentum and the head's LR multiplier). tfsemiseg/optim.py.
+    weight_decay_in_gradient: bool = False
     head_lr_mult: float = 10.0
     # hardware
     mixed_precision: bool = False

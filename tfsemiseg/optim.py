@@ -6,7 +6,8 @@ head's gradients (`lr_multipliers`), which for Keras' SGD (v = mu v - lr g) is a
 rate for the gradient step of those variables, but not for weight decay: Keras' is decoupled
 (w -= lr * wd * w, outside the momentum) and stays at 1x for the head, where the papers' PyTorch
 / Caffe SGD puts wd * w into the gradient, so that it is scaled by the head's 10x and passes
-through the momentum (about 10x more at momentum 0.9). BUILD.md has the consequence.
+through the momentum (about 10x more at momentum 0.9). BUILD.md has the consequence;
+`weight_decay_in_gradient=True` (the VOC and Cityscapes paper settings) gives the papers' kind.
 """
 
 import keras
@@ -16,6 +17,17 @@ from tfsemiseg.models.segmenters import is_head_variable
 
 def poly_schedule(lr, iterations, power=0.9):
     return keras.optimizers.schedules.PolynomialDecay(lr, max(1, iterations), end_learning_rate=0.0, power=power)
+
+
+def segmenter_sgd(cfg):
+    """The segmenter's SGD for a config: poly LR; decoupled weight decay unless
+    `cfg.weight_decay_in_gradient`, where the method adds it to the gradient (`gradient_weight_decay`)."""
+    return poly_sgd(cfg.lr, cfg.iterations, cfg.momentum, None if cfg.weight_decay_in_gradient else cfg.weight_decay)
+
+
+def gradient_weight_decay(cfg):
+    """The weight decay a method adds to its segmenter's gradient: the papers' (PyTorch, Caffe) kind."""
+    return cfg.weight_decay if cfg.weight_decay_in_gradient else 0.0
 
 
 def poly_sgd(lr, iterations, momentum=0.9, weight_decay=None, power=0.9):

@@ -44,6 +44,27 @@ def test_head_variables_get_the_head_lr_multiplier(cfg):
     np.testing.assert_allclose(b0 - back.numpy(), lr * g_back.numpy(), rtol=2e-2, atol=1e-7)
 
 
+def test_weight_decay_in_the_gradient_is_the_papers_and_gets_the_head_multiplier(cfg):
+    """`weight_decay_in_gradient`: one step moves w by m * lr * (g + wd * w), m = 10 for the head."""
+    wd = 0.05
+    cfg = cfg.replace(head_lr_mult=10.0, weight_decay=wd, weight_decay_in_gradient=True, arch="deeplabv2",
+                      aspp_rates=(1, 2, 3, 4))
+    ds = build_dataset("synthetic", split="full")
+    batch = next(iter(labeled_stream(ds, cfg)))
+    model = SupOnly.create(cfg, ds)
+    assert model.optimizer.weight_decay is None  # not also decoupled
+    seg = model.segmenter
+    head, back = seg.get_layer("head_aspp_1").kernel, seg.get_layer("conv1_conv").kernel
+    with tf.GradientTape() as tape:
+        loss = losses.cross_entropy(batch["label"], seg(batch["image"], training=True))
+    g_head, g_back = tape.gradient(loss, [head, back])
+    h0, b0 = head.numpy(), back.numpy()
+    model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+    lr = float(model.optimizer.learning_rate) / (1 - 1 / cfg.iterations) ** 0.9  # lr at step 0
+    np.testing.assert_allclose(h0 - head.numpy(), 10 * lr * (g_head.numpy() + wd * h0), rtol=2e-2, atol=1e-7)
+    np.testing.assert_allclose(b0 - back.numpy(), lr * (g_back.numpy() + wd * b0), rtol=2e-2, atol=1e-7)
+
+
 def test_weight_decay_is_decoupled_and_outside_the_momentum():
     """What optim.py and BUILD.md say: Keras' decay (w -= lr * wd * w), not L2 in the gradient
     (which would pass through the momentum: 0.9711 after two steps here, not 0.9801)."""

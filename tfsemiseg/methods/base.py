@@ -20,16 +20,20 @@ class SegmentationMethod(keras.Model):
         segmenter: a model from raw images [B, H, W, 3] to logits [B, H, W, C].
         num_classes: C.
         head_lr_mult: gradient multiplier of `head_*` layers (10 in DeepLab recipes).
+        weight_decay: added to the segmenter's gradient as wd * w, before the multiplier (the
+            papers' SGD; `optim.gradient_weight_decay`); 0 when the optimizer decays (Keras' kind).
         eval_window, eval_stride: sliding-window evaluation (e.g. Cityscapes); whole images if None.
     """
 
     loss_names = ("loss",)
 
-    def __init__(self, segmenter, num_classes, head_lr_mult=10.0, eval_window=None, eval_stride=None, **kwargs):
+    def __init__(self, segmenter, num_classes, head_lr_mult=10.0, eval_window=None, eval_stride=None,
+                 weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)
         self.segmenter = segmenter
         self.num_classes = num_classes
         self.head_lr_mult = head_lr_mult
+        self.weight_decay = weight_decay
         self.eval_window = eval_window
         self.eval_stride = eval_stride or (eval_window and eval_window * 2 // 3)
         self.miou = metrics.MeanIoU(num_classes)
@@ -101,17 +105,20 @@ class SegmentationMethod(keras.Model):
 
     # -- training helpers ------------------------------------------------------------------
 
-    def minimize(self, tape, loss, variables, optimizer, lr_multipliers=None):
+    def minimize(self, tape, loss, variables, optimizer, lr_multipliers=None, weight_decay=0.0):
         """Backpropagate `loss` (recorded on `tape`) into `variables` and step `optimizer`.
 
         Handles mixed-precision loss scaling and tf.distribute (replica gradients are summed,
-        so each replica's loss is divided by their number), and optional per-variable LR
-        multipliers, so a train_step only writes its losses.
+        so each replica's loss is divided by their number), weight decay in the gradient and
+        optional per-variable LR multipliers, so a train_step only writes its losses.
         """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         # Seeding backprop with these factors is differentiating the scaled loss.
         seed = optimizer.scale_loss(tf.constant(1.0 / replicas, loss.dtype))
         grads = tape.gradient(loss, variables, output_gradients=seed)
+        if weight_decay:  # the gradient of (wd / 2) |w|^2, seeded as the loss is
+            grads = [g if g is None else g + seed * weight_decay * tf.cast(v, g.dtype)
+                     for g, v in zip(grads, variables)]
         if lr_multipliers is not None:
             grads = [g * m if m != 1.0 else g for g, m in zip(grads, lr_multipliers)]
         optimizer.apply_gradients(zip(grads, variables))
@@ -124,7 +131,8 @@ class SegmentationMethod(keras.Model):
     def update_segmenter(self, tape, loss):
         """Step the compiled optimizer on `loss` for `optimized_variables`, `head_*` layers at `head_lr_mult` x LR."""
         variables = self.optimized_variables()
-        self.minimize(tape, loss, variables, self.optimizer, optim.lr_multipliers(variables, self.head_lr_mult))
+        self.minimize(tape, loss, variables, self.optimizer, optim.lr_multipliers(variables, self.head_lr_mult),
+                      self.weight_decay)
 
     def log(self, **values):
         """Update the named loss trackers; returns the dict a train_step returns."""

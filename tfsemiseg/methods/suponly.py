@@ -21,9 +21,8 @@ class SupOnly(SegmentationMethod):
     @classmethod
     def create(cls, cfg, dataset):
         model = cls(build_from_config(cfg, dataset.num_classes), dataset.num_classes, head_lr_mult=cfg.head_lr_mult,
-                    eval_window=cfg.eval_window)
-        model.compile(optimizer=optim.poly_sgd(cfg.lr, cfg.iterations, cfg.momentum, cfg.weight_decay),
-                      jit_compile=cfg.jit_compile)
+                    eval_window=cfg.eval_window, weight_decay=optim.gradient_weight_decay(cfg))
+        model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
         return model
 
     @staticmethod
