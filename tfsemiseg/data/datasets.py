@@ -124,14 +124,14 @@ class SegDataset:
         """Image-level labels of `subset` from a text file: multi-hot uint8 [N, C] in `keys(subset)` order.
 
         One line per image: its id (file name, with or without extension; the index for the
-        synthetic set) then the classes present, by name or index, separated by spaces; an image
+        synthetic set) then the classes present, by name (spaces written as `_`) or index; an image
         with none has its id alone. Lines of other images (e.g. the labeled ones) are allowed;
         `#` starts a comment. Raises DataError naming the file, line and how to fix it.
         """
         if not os.path.isfile(path):
             raise io.DataError(f"Image-level labels file {path} does not exist. Pass an existing file "
                                "to --set image_labels (or 'masks' to derive them from the unlabeled masks).")
-        by_name = {name.lower(): i for i, name in enumerate(self.class_names)}
+        by_name = {name.lower().replace(" ", "_"): i for i, name in enumerate(self.class_names)}  # traffic_light
         given = {}
         with open(path) as f:
             for number, line in enumerate(f, 1):
