@@ -25,44 +25,39 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(cfg):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_head_variables_get_the_head_lr_multiplier(cfg):
-    """With lr multiplier m, one SGD step (no momentum yet, no decay) moves head weights m times as far."""
-    # DeepLab-v2: no dropout, so the taped gradient is the one fit applies
-    cfg = cfg.replace(head_lr_mult=10.0, weight_decay=0.0, arch="deeplabv2", aspp_rates=(1, 2, 3, 4))
+def _one_step(cfg):
+    """Head and backbone kernels before one `fit` step, their taped gradients, the step's moves and
+    its LR. DeepLab-v2: no dropout, so the taped gradient is the one fit applies."""
+    cfg = cfg.replace(head_lr_mult=10.0, arch="deeplabv2", aspp_rates=(1, 2, 3, 4))
     ds = build_dataset("synthetic", split="full")
     batch = next(iter(labeled_stream(ds, cfg)))
     model = SupOnly.create(cfg, ds)
     seg = model.segmenter
-    head, back = seg.get_layer("head_aspp_1").kernel, seg.get_layer("conv1_conv").kernel
+    kernels = seg.get_layer("head_aspp_1").kernel, seg.get_layer("conv1_conv").kernel
     with tf.GradientTape() as tape:
         loss = losses.cross_entropy(batch["label"], seg(batch["image"], training=True))
-    g_head, g_back = tape.gradient(loss, [head, back])
-    h0, b0 = head.numpy(), back.numpy()
+    grads = [g.numpy() for g in tape.gradient(loss, kernels)]
+    before = [k.numpy() for k in kernels]
     model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
     lr = float(model.optimizer.learning_rate) / (1 - 1 / cfg.iterations) ** 0.9  # lr at step 0
-    np.testing.assert_allclose(h0 - head.numpy(), 10 * lr * g_head.numpy(), rtol=2e-2, atol=1e-7)
-    np.testing.assert_allclose(b0 - back.numpy(), lr * g_back.numpy(), rtol=2e-2, atol=1e-7)
+    return model, before, grads, [w - k.numpy() for w, k in zip(before, kernels)], lr
+
+
+def test_head_variables_get_the_head_lr_multiplier(cfg):
+    """With lr multiplier m, one SGD step (no momentum yet, no decay) moves head weights m times as far."""
+    _, _, (g_head, g_back), (moved_head, moved_back), lr = _one_step(cfg.replace(weight_decay=0.0))
+    np.testing.assert_allclose(moved_head, 10 * lr * g_head, rtol=2e-2, atol=1e-7)
+    np.testing.assert_allclose(moved_back, lr * g_back, rtol=2e-2, atol=1e-7)
 
 
 def test_weight_decay_in_the_gradient_is_the_papers_and_gets_the_head_multiplier(cfg):
     """`weight_decay_in_gradient`: one step moves w by m * lr * (g + wd * w), m = 10 for the head."""
     wd = 0.05
-    cfg = cfg.replace(head_lr_mult=10.0, weight_decay=wd, weight_decay_in_gradient=True, arch="deeplabv2",
-                      aspp_rates=(1, 2, 3, 4))
-    ds = build_dataset("synthetic", split="full")
-    batch = next(iter(labeled_stream(ds, cfg)))
-    model = SupOnly.create(cfg, ds)
+    model, (h0, b0), (g_head, g_back), (moved_head, moved_back), lr = _one_step(
+        cfg.replace(weight_decay=wd, weight_decay_in_gradient=True))
     assert model.optimizer.weight_decay is None  # not also decoupled
-    seg = model.segmenter
-    head, back = seg.get_layer("head_aspp_1").kernel, seg.get_layer("conv1_conv").kernel
-    with tf.GradientTape() as tape:
-        loss = losses.cross_entropy(batch["label"], seg(batch["image"], training=True))
-    g_head, g_back = tape.gradient(loss, [head, back])
-    h0, b0 = head.numpy(), back.numpy()
-    model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
-    lr = float(model.optimizer.learning_rate) / (1 - 1 / cfg.iterations) ** 0.9  # lr at step 0
-    np.testing.assert_allclose(h0 - head.numpy(), 10 * lr * (g_head.numpy() + wd * h0), rtol=2e-2, atol=1e-7)
-    np.testing.assert_allclose(b0 - back.numpy(), lr * (g_back.numpy() + wd * b0), rtol=2e-2, atol=1e-7)
+    np.testing.assert_allclose(moved_head, 10 * lr * (g_head + wd * h0), rtol=2e-2, atol=1e-7)
+    np.testing.assert_allclose(moved_back, lr * (g_back + wd * b0), rtol=2e-2, atol=1e-7)
 
 
 def test_weight_decay_is_decoupled_and_outside_the_momentum():
