@@ -160,6 +160,16 @@ def test_image_level_labels_file_errors_name_the_file_and_line(synthetic, tmp_pa
     assert rows.shape == (len(ids), dataset.num_classes) and rows.sum() == 0  # an id alone: no class
 
 
+def test_image_level_labels_name_classes_with_spaces_by_underscores(tmp_path):
+    from tfsemiseg.data.datasets import CITYSCAPES_CLASSES, SegDataset
+
+    dataset = SegDataset("cityscapes", CITYSCAPES_CLASSES, [], [("leftImg8bit/train/a/x_leftImg8bit.png", "y.png")])
+    tags = tmp_path / "tags.txt"
+    tags.write_text("x_leftImg8bit.png traffic_light Sky 0\n")
+    row = dataset.read_image_labels(str(tags))[0]
+    assert [CITYSCAPES_CLASSES[i] for i in np.flatnonzero(row)] == ["road", "traffic light", "sky"]
+
+
 def test_examples_carry_per_image_extras_through_the_shuffle():
     """`extras` stay paired with their image when the keys are shuffled."""
     from tfsemiseg.data import synthetic as synthetic_data
