@@ -60,6 +60,21 @@ def test_weight_decay_in_the_gradient_is_the_papers_and_gets_the_head_multiplier
     np.testing.assert_allclose(moved_back, lr * (g_back + wd * b0), rtol=2e-2, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["alss", "pseudoseg"])
+def test_every_method_takes_the_decay_the_optimizer_leaves(name):
+    """With `weight_decay_in_gradient`, the optimizer does not decay and the method adds it, in every
+    method (one that forgot would train without any decay)."""
+    from tfsemiseg.methods import get_method
+
+    ds = build_dataset("synthetic", split="1_16", image_size=32)
+    for in_gradient in (True, False):
+        cfg = configs.get_config(name, "synthetic").replace(crop_size=32, weight_decay=1e-3,
+                                                           weight_decay_in_gradient=in_gradient)
+        model = get_method(name).create(cfg, ds)
+        assert model.weight_decay == (1e-3 if in_gradient else 0.0)
+        assert model.optimizer.weight_decay == (None if in_gradient else pytest.approx(1e-3))
+
+
 def test_weight_decay_is_decoupled_and_outside_the_momentum():
     """What optim.py and BUILD.md say: Keras' decay (w -= lr * wd * w), not L2 in the gradient
     (which would pass through the momentum: 0.9711 after two steps here, not 0.9801)."""

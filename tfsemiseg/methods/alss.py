@@ -51,8 +51,7 @@ class AdvSemiSeg(SegmentationMethod):
         model = cls(build_from_config(cfg, num_classes), build_discriminator(num_classes), num_classes,
                     lambda_adv=cfg.lambda_adv, lambda_semi_adv=cfg.lambda_semi_adv, lambda_semi=cfg.lambda_semi,
                     T_semi=cfg.T_semi, semi_start=cfg.semi_start, semi_start_adv=cfg.semi_start_adv,
-                    head_lr_mult=cfg.head_lr_mult, eval_window=cfg.eval_window,
-                    weight_decay=optim.gradient_weight_decay(cfg))
+                    **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg),
                       d_optimizer=optim.poly_adam(cfg.d_lr, cfg.iterations, cfg.d_beta_1, cfg.d_beta_2),
                       jit_compile=cfg.jit_compile)

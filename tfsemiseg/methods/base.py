@@ -42,8 +42,17 @@ class SegmentationMethod(keras.Model):
 
     @classmethod
     def create(cls, cfg, dataset):
-        """The compiled method for a `Config` and a `SegDataset` (implemented by each method)."""
+        """The compiled method for a `Config` and a `SegDataset` (implemented by each method), with
+        `shared_settings(cfg)` passed to the constructor and `optim.segmenter_sgd(cfg)` compiled."""
         raise NotImplementedError
+
+    @staticmethod
+    def shared_settings(cfg):
+        """The constructor arguments every method takes from a config: the head's LR multiplier, the
+        weight decay to add to the gradient (with `optim.segmenter_sgd`, which then does not decay)
+        and the evaluation window."""
+        return dict(head_lr_mult=cfg.head_lr_mult, weight_decay=optim.gradient_weight_decay(cfg),
+                    eval_window=cfg.eval_window)
 
     @staticmethod
     def train_data(dataset, cfg):

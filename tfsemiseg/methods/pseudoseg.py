@@ -178,8 +178,7 @@ class PseudoSeg(SegmentationMethod):
         num_classes = dataset.num_classes
         model = cls(build_from_config(cfg, num_classes), num_classes, dataset.background, lambda_u=cfg.lambda_u,
                     gamma=cfg.fusion_gamma, temperature=cfg.pseudo_temperature, attention_dim=cfg.attention_dim,
-                    image_labels=bool(cfg.image_labels), head_lr_mult=cfg.head_lr_mult, eval_window=cfg.eval_window,
-                    weight_decay=optim.gradient_weight_decay(cfg))
+                    image_labels=bool(cfg.image_labels), **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
         return model
 

@@ -20,8 +20,7 @@ class SupOnly(SegmentationMethod):
 
     @classmethod
     def create(cls, cfg, dataset):
-        model = cls(build_from_config(cfg, dataset.num_classes), dataset.num_classes, head_lr_mult=cfg.head_lr_mult,
-                    eval_window=cfg.eval_window, weight_decay=optim.gradient_weight_decay(cfg))
+        model = cls(build_from_config(cfg, dataset.num_classes), dataset.num_classes, **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
         return model
 
