@@ -165,29 +165,27 @@ def test_deterministic_runs_and_a_killed_run_resumed_give_the_same_weights(tmp_p
     import numpy as np
 
     args = [f"--method={method}", *DETERMINISTIC] + (["--set", "semi_start=10"] if method == "alss" else [])
-    runs = [str(tmp_path / name) for name in ("a", "b", "killed")]
-    for workdir in runs[:2]:
-        proc = run("train.py", f"--workdir={workdir}", *args)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    # One run straight through; another with the same --seed killed once its first epoch is backed up,
+    # then the same command run again: equal weights show both determinism and an exact resume.
+    runs = [str(tmp_path / name) for name in ("a", "killed")]
+    proc = run("train.py", f"--workdir={runs[0]}", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
-    # SIGKILL once the first epoch is backed up, then rerun the same command.
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--workdir={runs[2]}", *args]
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--workdir={runs[1]}", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = os.path.join(runs[2], "backup", "training_metadata.json")
+    metadata = os.path.join(runs[1], "backup", "training_metadata.json")
     deadline = time.time() + 300
     while not os.path.exists(metadata) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not os.path.exists(os.path.join(runs[2], "metrics.json")), "killed too late; make the epochs longer"
-    resumed = run("train.py", f"--workdir={runs[2]}", *args)
+    assert not os.path.exists(os.path.join(runs[1], "metrics.json")), "killed too late; make the epochs longer"
+    resumed = run("train.py", f"--workdir={runs[1]}", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     metrics = [json.load(open(os.path.join(w, "metrics.json"))) for w in runs]
-    assert metrics[0]["miou"] == metrics[1]["miou"] == metrics[2]["miou"]
-    assert metrics[2]["steps"] == 45
-    reference = _final_weights(runs[0])
-    for workdir in runs[1:]:
-        for a, b in zip(reference, _final_weights(workdir)):
-            np.testing.assert_array_equal(a, b)
+    assert metrics[0]["miou"] == metrics[1]["miou"]
+    assert metrics[1]["steps"] == 45
+    for a, b in zip(_final_weights(runs[0]), _final_weights(runs[1])):
+        np.testing.assert_array_equal(a, b)
 

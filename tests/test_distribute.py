@@ -41,10 +41,58 @@ def run(method, distribute, mixed, tmp_path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["suponly", "alss", "st", "pseudoseg"])
+# suponly: its full run under two replicas is tested with MultiWorkerMirroredStrategy below, its step
+# with MirroredStrategy above (suite budget).
+@pytest.mark.parametrize("method", [pytest.param("suponly", marks=pytest.mark.slow), "alss", "st", "pseudoseg"])
 def test_mirrored_strategy_on_two_logical_cpus(method, tmp_path):
     out = run(method, "mirrored", False, tmp_path)
     assert out["replicas"] == 2 and 0.0 <= out["miou"] <= 1.0
+
+
+STEPS = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import configs
+from tfsemiseg.data import build_dataset, labeled_stream
+from tfsemiseg.methods import SupOnly
+from tfsemiseg.training import synchronize_batch_norm
+cfg = configs.get_config("suponly", "synthetic").replace(
+    crop_size=32, batch_size=4, image_size=32, iterations=10, arch="deeplabv2", aspp_rates=(1, 2, 3, 4),
+    weight_decay_in_gradient=True)  # DeepLab-v2: no dropout
+ds = build_dataset("synthetic", split="full", image_size=32)
+batch = tf.data.Dataset.from_tensors(next(iter(labeled_stream(ds, cfg)))).repeat()
+initial, moves = None, {}
+for name, wd, strategy in [("one", 0.05, tf.distribute.get_strategy()), ("no_decay", 0.0, tf.distribute.get_strategy()),
+                           ("mirrored", 0.05, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+    with strategy.scope():
+        model = SupOnly.create(cfg.replace(weight_decay=wd), ds)
+    if strategy.num_replicas_in_sync > 1:
+        synchronize_batch_norm(model)
+    initial = initial or model.segmenter.get_weights()
+    model.segmenter.set_weights(initial)
+    before = [v.numpy() for v in model.segmenter.trainable_variables]
+    model.fit(batch, steps_per_epoch=3, epochs=1, verbose=0)
+    moves[name] = np.concatenate([(v.numpy() - b).ravel() for v, b in zip(model.segmenter.trainable_variables, before)])
+np.savez(sys.argv[1], **moves)
+"""
+
+
+def test_two_replicas_step_like_one_with_the_decay_in_the_gradient(tmp_path):
+    """Under MirroredStrategy (two logical CPUs, SyncBN) three SGD steps with `weight_decay_in_gradient`
+    move every weight as one replica does on the same global batch: each replica adds its share of
+    wd * w (seeded like the loss), so the sum over replicas is the decay once, not twice."""
+    out = tmp_path / "moves.npz"
+    proc = subprocess.run([sys.executable, "-c", STEPS, str(out)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    moves = np.load(out)
+    decay_part = np.abs(moves["one"] - moves["no_decay"]).max()
+    assert decay_part > 1e-4  # the decay matters at this wd, so a factor of 2 on it would show
+    np.testing.assert_allclose(moves["mirrored"], moves["one"], rtol=0, atol=0.02 * decay_part)
 
 
 @pytest.mark.parametrize("method", ["alss", "pseudoseg", pytest.param("st", marks=pytest.mark.slow)])
