@@ -187,3 +187,23 @@ def test_evaluate_refuses_an_unwritable_run_before_computing(tmp_path, monkeypat
     monkeypatch.setattr(runner, "evaluate_model", lambda *a: pytest.fail("evaluated before checking"))
     with pytest.raises(PermissionError, match="is not writable"):
         runner.evaluate(cfg.workdir)
+
+
+def test_a_changed_image_labels_file_stops_the_resume(tmp_path):
+    """PseudoSeg's image-level labels file is part of what a run trains on: changed between a run and
+    its resume, the resume is refused (the config holds only its path)."""
+    from tfsemiseg.data import build_dataset
+    from tfsemiseg.methods import get_method
+
+    labels = tmp_path / "tags.txt"
+    labels.write_text("0 disc\n")
+    cfg = configs.get_config("pseudoseg", "synthetic").replace(workdir=str(tmp_path / "run"), image_labels=str(labels))
+    files = get_method("pseudoseg").input_files(cfg)
+    assert files == (str(labels),) and get_method("suponly").input_files(cfg) == ()
+    dataset = build_dataset("synthetic", split="1_16", image_size=32)
+    os.makedirs(os.path.join(cfg.workdir, "backup"))  # training state
+    runner._check_training_data(cfg, dataset, files)
+    runner._check_training_data(cfg, dataset, files)  # unchanged: resumes
+    labels.write_text("0 disc ring\n")
+    with pytest.raises(ValueError, match=f"{labels} has changed since the run started.*--overwrite"):
+        runner._check_training_data(cfg, dataset, files)

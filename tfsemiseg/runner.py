@@ -3,6 +3,8 @@
 A run directory (`workdir`) holds:
 
     config.json              the full configuration of the run
+    training_data.json       what it trains on (a resume on another split or labels file is refused)
+    data_verified.json       the data files' check that passed (not repeated while they are unchanged)
     backup/                  BackupAndRestore state: rerunning resumes (removed once metrics.json exists)
     checkpoints/             weights after every epoch (`ckpt.weights.h5`)
     logs/                    TensorBoard
@@ -16,6 +18,7 @@ methods (ST / ST++) keep one such layout per stage in `<workdir>/<stage>/`, Tens
 `logs/<stage>/`, and the last stage's segmenter and metrics at the top.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,9 +46,13 @@ class RunFinished(ValueError):
     """The workdir holds a finished run; retraining needs --overwrite."""
 
 
+# What a start writes before training: records, not training state.
+RECORDS = ("config.json", "logs", "data_verified.json", "training_data.json")
+
+
 def _has_state(workdir):
     """True once training has left something to resume (a backup, checkpoints, stages)."""
-    return any(name not in ("config.json", "logs") for name in os.listdir(workdir))
+    return any(name not in RECORDS for name in os.listdir(workdir))
 
 
 def _check_resume(cfg):
@@ -63,6 +70,41 @@ def _check_resume(cfg):
         if diff:
             raise ValueError(f"{cfg.workdir} holds a run with another configuration (changed: {diff}). "
                              "Use a new --workdir, or pass --overwrite to start over.")
+
+
+def _training_data(cfg, dataset, input_files):
+    """What a run trains on: the labeled and unlabeled files (relative to the data directory, which
+    may move) and the contents of the method's own input files."""
+    def digest(keys):
+        text = "\n".join("\t".join(os.path.relpath(p, cfg.data_dir) if isinstance(p, str) and cfg.data_dir else str(p)
+                                   for p in (key if isinstance(key, tuple) else (key,))) for key in keys)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    record = {subset: {"images": len(dataset.keys(subset)), "sha256": digest(dataset.keys(subset))}
+              for subset in ("labeled", "unlabeled")}
+    record["files"] = {path: hashlib.sha256(open(path, "rb").read()).hexdigest() for path in input_files}
+    return record
+
+
+def _check_training_data(cfg, dataset, input_files):
+    """A resumed run trains on what it started with: refuse it when the split now names other
+    images or a method's input file (PseudoSeg's image-level labels) has changed, rather than
+    silently finishing the run on other data. Written at the first start (`training_data.json`)."""
+    record = _training_data(cfg, dataset, input_files)
+    path = os.path.join(cfg.workdir, "training_data.json")
+    if os.path.exists(path) and _has_state(cfg.workdir):
+        previous = json.load(open(path))
+        changes = [f"the {subset} set has {record[subset]['images']} images, the run started with "
+                   f"{previous[subset]['images']}" if record[subset]["images"] != previous[subset]["images"]
+                   else f"the {subset} set names other images than the run started with"
+                   for subset in ("labeled", "unlabeled") if record[subset] != previous.get(subset)]
+        changes += [f"{file} has changed since the run started" for file, sha in record["files"].items()
+                    if previous.get("files", {}).get(file, sha) != sha]
+        if changes:
+            raise ValueError(f"{cfg.workdir} holds a run started on other training data ({'; '.join(changes)}); "
+                             "resuming would finish it on different data. Restore the split / file, use a new "
+                             "--workdir, or pass --overwrite to start over.")
+    atomic_write(path, json.dumps(record, indent=2))
 
 
 def _remove_run(workdir):
@@ -108,9 +150,10 @@ def train(cfg, verbose=1, overwrite=False):
     dataset = load_dataset(cfg)
     dataset.verify(["labeled", "unlabeled", cfg.eval_split] if dataset.unlabeled else ["labeled", cfg.eval_split],
                    record=os.path.join(cfg.workdir, "data_verified.json"))
+    method = get_method(cfg.method)
+    _check_training_data(cfg, dataset, method.input_files(cfg))
     atomic_write(os.path.join(cfg.workdir, "config.json"), cfg.to_json())
 
-    method = get_method(cfg.method)
     if not issubclass(method, SegmentationMethod):
         return method.run(cfg, dataset, strategy, verbose)
     with strategy.scope():

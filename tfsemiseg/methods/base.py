@@ -60,6 +60,12 @@ class SegmentationMethod(keras.Model):
         raise NotImplementedError
 
     @staticmethod
+    def input_files(cfg):
+        """Files besides the dataset whose contents the run trains on; a resumed run refuses to go on
+        when one has changed (`runner`). None by default."""
+        return ()
+
+    @staticmethod
     def extra_callbacks(model, dataset, cfg, log_dir):
         """Callbacks a run adds to Keras' own: TensorBoard images of `visualize` for a few val images."""
         return [SegmentationImages.from_dataset(dataset, cfg, log_dir)]

@@ -195,6 +195,11 @@ class PseudoSeg(SegmentationMethod):
                                                    image_labels=from_masks, image_classes=given),
         })
 
+    @staticmethod
+    def input_files(cfg):
+        """The image-level labels file, when one is given."""
+        return (cfg.image_labels,) if cfg.image_labels not in ("", "masks") else ()
+
     def optimized_variables(self):
         return (self.segmenter.trainable_variables + self.classifier.trainable_variables
                 + self.sgc.trainable_variables)

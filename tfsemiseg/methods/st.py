@@ -123,6 +123,11 @@ class SelfTraining:
         driver = cls(cfg, dataset, strategy, verbose)
         return driver.finish(driver.stages())
 
+    @staticmethod
+    def input_files(cfg):
+        """As `SegmentationMethod.input_files`: none besides the dataset."""
+        return ()
+
     def stages(self):
         """The stages in order; returns the directory of the last (reported) student."""
         teacher = self.train("1_teacher")
