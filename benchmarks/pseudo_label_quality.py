@@ -11,7 +11,9 @@ and SGC), on whole unlabeled images at the run's image_scale, with predicted ima
 an image-labels run, the classes in each mask).
 
 With --focus=<class>, also that class's recall and precision in the pseudo-labels, and its share of
-pseudo-labeled pixels against its share of ground-truth pixels.
+pseudo-labeled pixels against its share of ground-truth pixels. With --students (ST / ST++), also
+how well the teacher and each student learnt what they trained on: its predictions on its pseudo-labeled images
+against their pseudo-labels and their true labels, and on the labeled images against theirs.
 """
 
 import os
@@ -29,11 +31,7 @@ from tfsemiseg.methods.st import _read_keys  # noqa: E402
 
 def stage_quality(stage_dirs, dataset):
     """(images, mIoU, per-class IoU) of the pseudo-labels of `stage_dirs` taken together."""
-    pairs = []
-    for stage_dir in stage_dirs:
-        keys = _read_keys(os.path.join(stage_dir, "keys.txt"))
-        names = open(os.path.join(stage_dir, "labels.txt")).read().split()
-        pairs += [(key, os.path.join(stage_dir, name)) for key, name in zip(keys, names)]
+    pairs = _pairs(stage_dirs)
     miou = metrics.MeanIoU(dataset.num_classes)
     for (_, truth_path), pseudo_path in pairs:
         truth = io.read_label(truth_path, dataset.num_classes, dataset.ignore_value)
@@ -63,6 +61,47 @@ def pseudoseg_quality(run_dir, cfg, dataset):
     return results
 
 
+def _pairs(stage_dirs):
+    """(key, pseudo-label png) of the labelling stages `stage_dirs`, in their order."""
+    pairs = []
+    for stage_dir in stage_dirs:
+        keys = _read_keys(os.path.join(stage_dir, "keys.txt"))
+        names = open(os.path.join(stage_dir, "labels.txt")).read().split()
+        pairs += [(key, os.path.join(stage_dir, name)) for key, name in zip(keys, names)]
+    return pairs
+
+
+def student_fit(run_dir, cfg, dataset):
+    """{stage: {view: MeanIoU}} of an ST / ST++ run's teacher and students, each on what it trained on:
+    its predictions on the pseudo-labeled images against their pseudo-labels ("fit": how far it
+    learnt its targets) and against their true labels, and on the labeled images against theirs.
+    A student trains on the pseudo-labels of every labelling stage before it."""
+    import keras
+
+    from tfsemiseg.inference import predict_logits
+
+    stages = sorted(s for s in os.listdir(run_dir) if s[:1].isdigit() and not s.endswith(".tmp"))
+    labelling = [s for s in stages if os.path.isfile(os.path.join(run_dir, s, "labels.txt"))]
+    results, c = {}, dataset.num_classes
+    for student in [s for s in stages if "student" in s or "teacher" in s]:  # the teacher: labeled only
+        number = int(student.split("_")[0])
+        pairs = _pairs([os.path.join(run_dir, s) for s in labelling if int(s.split("_")[0]) < number])
+        segmenter = keras.saving.load_model(os.path.join(run_dir, student, "final", "segmenter.keras"))
+        predict = tf.function(lambda x: tf.one_hot(tf.argmax(predict_logits(segmenter, x, cfg.image_scale), -1), c),
+                              reduce_retracing=True)
+        views = {name: metrics.MeanIoU(c) for name in
+                 (("fit to pseudo-labels", "unlabeled vs truth") if pairs else ()) + ("labeled vs truth",)}
+        for (image_path, truth_path), pseudo_path in pairs:
+            prediction = predict(io.read_image(image_path)[None])
+            views["fit to pseudo-labels"].update_state(io.read_label(pseudo_path, c)[None], prediction)
+            views["unlabeled vs truth"].update_state(io.read_label(truth_path, c, dataset.ignore_value)[None], prediction)
+        for image_path, truth_path in dataset.labeled:
+            views["labeled vs truth"].update_state(io.read_label(truth_path, c, dataset.ignore_value)[None],
+                                                   predict(io.read_image(image_path)[None]))
+        results[student] = views
+    return results
+
+
 def focus_report(miou, index):
     cm = np.asarray(miou.total_cm, np.float64)  # rows: ground truth, columns: pseudo-label
     tp = cm[index, index]
@@ -70,7 +109,7 @@ def focus_report(miou, index):
             f"pixels {100 * cm[:, index].sum() / cm.sum():.2f} % (truth {100 * cm[index].sum() / cm.sum():.2f} %)")
 
 
-def main(run_dirs, focus=None):
+def main(run_dirs, focus=None, students=False):
     for run_dir in run_dirs:
         if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
             continue  # not a finished run (e.g. a log file matched by a glob)
@@ -94,8 +133,14 @@ def main(run_dirs, focus=None):
             print(f"  {name:20s}  {count:6d}  {100 * value:17.2f}  {classes}")
             if focus:
                 print(f"  {'':20s}  {focus}: {focus_report(miou, dataset.class_names.index(focus))}")
+        if students:
+            print("  student               view                  mIoU  per class")
+            for stage, views in student_fit(run_dir, cfg, dataset).items():
+                for view, miou in views.items():
+                    classes = " ".join("-" if np.isnan(v) else f"{100 * v:.0f}" for v in miou.per_class_iou())
+                    print(f"  {stage:20s}  {view:20s}  {100 * float(miou.result()):5.2f}  {classes}")
 
 
 if __name__ == "__main__":
     focus = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--focus=")]
-    main([a for a in sys.argv[1:] if not a.startswith("--")], focus[0] if focus else None)
+    main([a for a in sys.argv[1:] if not a.startswith("--")], focus[0] if focus else None, "--students" in sys.argv)
