@@ -131,3 +131,46 @@ def test_speed_benchmark_runs_the_reference_and_prints_the_ratio(capsys, tmp_pat
     assert "step_s=4.000" in reference and "peak RSS" in reference and "(file-backed " in reference
     achieved = float(out.split("tfsemiseg arithmetic: ")[1].split(" GFLOP/s")[0])
     assert abs(achieved - 2.0 / median) <= 1 and "of the float32 dense matmul" in out  # median printed rounded
+
+
+def test_student_fit_measures_each_stage_on_what_it_trained_on(camvid_tree, tmp_path):
+    """pseudo_label_quality.py --students: a student whose pseudo-labels are its own predictions fits
+    them exactly; every view counts the pixels of the images the stage trained on."""
+    import types
+
+    import numpy as np
+    import tensorflow as tf
+
+    from tfsemiseg.data import build_dataset, io
+    from tfsemiseg.inference import predict_logits
+    from tfsemiseg.methods import st
+    from tfsemiseg.models.segmenters import build_segmenter
+
+    spec = importlib.util.spec_from_file_location("plq", os.path.join(ROOT, "benchmarks", "pseudo_label_quality.py"))
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    dataset = build_dataset("camvid", camvid_tree, "1_4")
+    segmenter = build_segmenter("deeplabv2", "tiny", 11)
+    run = tmp_path / "run"
+    for stage in ("1_teacher", "3_student"):
+        os.makedirs(run / stage / "final")
+        segmenter.save(run / stage / "final" / "segmenter.keras")
+    labels = run / "2_pseudo_label"
+    os.makedirs(labels)
+    names = []
+    for image_path, _ in dataset.unlabeled:
+        names.append(os.path.basename(image_path))
+        own = tf.argmax(predict_logits(segmenter, io.read_image(image_path)[None]), -1)[0]
+        tf.io.write_file(str(labels / names[-1]), tf.io.encode_png(tf.cast(own[..., None], tf.uint8)))
+    st._write_keys(labels / "keys.txt", dataset.unlabeled)
+    (labels / "labels.txt").write_text("\n".join(names) + "\n")
+
+    results = quality.student_fit(str(run), types.SimpleNamespace(image_scale=1.0), dataset)  # all it reads
+    assert list(results) == ["1_teacher", "3_student"]
+    assert list(results["1_teacher"]) == ["labeled vs truth"]
+    views = results["3_student"]
+    assert float(views["fit to pseudo-labels"].result()) == 1.0
+    pixels = {name: float(np.sum(miou.total_cm)) for name, miou in views.items()}
+    assert pixels["fit to pseudo-labels"] == 6 * 24 * 32  # six unlabeled images of 24 x 32
+    assert pixels["unlabeled vs truth"] < pixels["fit to pseudo-labels"]  # void (11) pixels are not counted
+    assert 0 < pixels["labeled vs truth"] <= 2 * 24 * 32
