@@ -216,4 +216,4 @@ class SegmentationImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._writer = self._writer or tf.summary.create_file_writer(self.log_dir)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        self.write(self._writer, step, self.images, ground_truth=self.labels, **self.model.visualize(self.images))
+        self.write(self._writer, step, self.images, ground_truth=self.labels, **self.model.visualize(self.images, self.labels))

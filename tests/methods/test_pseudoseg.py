@@ -119,6 +119,19 @@ def test_image_level_variant_uses_the_given_classes(synthetic, monkeypatch):
     assert float(model.trackers["classes_per_image"].result()) == pytest.approx(expected)
 
 
+def test_tensorboard_cam_of_the_image_level_variant_uses_the_classes_in_the_masks(synthetic, monkeypatch):
+    """Regression: the TensorBoard CAM of the image-level variant was of the predicted classes."""
+    cfg, dataset = synthetic
+    model = PseudoSeg.create(cfg.replace(image_labels="masks"), dataset)
+    batch = next(iter(pipeline.labeled_stream(dataset, cfg)))
+    images, labels = batch["image"], batch["label"]
+    monkeypatch.setattr(PseudoSeg, "predicted_classes", lambda *a: pytest.fail("predicted instead of given"))
+    shown = model.visualize(images, labels)
+    views = model.pseudo_label_views(images, present_classes(labels, dataset.num_classes, dataset.background))
+    np.testing.assert_allclose(shown["cam"], views["cam_max"], atol=1e-6)
+    np.testing.assert_array_equal(shown["pseudo_label"], views["fused"])
+
+
 def test_image_level_variant_reads_a_file_of_image_classes(synthetic, tmp_path, monkeypatch):
     """`--set image_labels=FILE`: each unlabeled image's listed classes (not its mask's) reach the CAM."""
     cfg, dataset = synthetic

@@ -124,7 +124,7 @@ class AdvSemiSeg(SegmentationMethod):
             d_acc_real=_fraction(d_real[..., 0] > 0, labeled_real),
             d_acc_fake=_fraction(d_fake[..., 0] < 0, labeled_x))
 
-    def visualize(self, images):
+    def visualize(self, images, labels=None):
         scores = self.predict_scores(images)
         confidence = tf.sigmoid(self.discriminator(scores, training=False))[..., 0]
         pseudo = tf.argmax(scores, axis=-1, output_type=tf.int32)

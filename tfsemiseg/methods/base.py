@@ -110,8 +110,9 @@ class SegmentationMethod(keras.Model):
         self.miou.update_state(data["label"], self.predict_scores(data["image"]))
         return _step_logs({"miou": self.miou.result()})
 
-    def visualize(self, images):
-        """Named [B, H, W] maps for TensorBoard: int class maps or floats in [0, 1]. Methods add theirs."""
+    def visualize(self, images, labels=None):
+        """Named [B, H, W] maps for TensorBoard: int class maps or floats in [0, 1]. Methods add theirs.
+        `labels`: the images' label maps (shown beside them), for a method that needs what they tell."""
         return {"prediction": tf.argmax(self.predict_scores(images), axis=-1, output_type=tf.int32)}
 
     def predict_step(self, data):

@@ -283,10 +283,14 @@ class PseudoSeg(SegmentationMethod):
         return {"decoder": argmax(logits), "cam": argmax(cam), "sgc": argmax(sgc), "fused": argmax(fused),
                 "cam_max": tf.reduce_max(cam[..., 1:] if self.background is not None else cam, axis=-1)}
 
-    def visualize(self, images):
+    def visualize(self, images, labels=None):
         """TensorBoard maps for fixed images: decoder prediction, CAM (max over classes), SGC's
-        prediction, the fused pseudo-label, and a strong view of the image."""
-        views = self.pseudo_label_views(images)
+        prediction, the fused pseudo-label, and a strong view of the image. The CAM is of the
+        predicted classes, or with image-level labels, of the classes in `labels` (as in training)."""
+        given = None
+        if self.image_labels and labels is not None:
+            given = present_classes(labels, self.num_classes, self.background)
+        views = self.pseudo_label_views(images, given)
         strong = augment.StrongAugment.pseudoseg(images.shape[1])
         ignore = tf.zeros(tf.shape(images)[1:3], tf.uint8)
         return {
