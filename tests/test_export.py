@@ -94,9 +94,30 @@ def test_predict_files_keeps_same_named_inputs_apart_and_skips_a_bad_image(tmp_p
     assert sorted(os.path.basename(p) for p in written) == sorted(
         [f"{str(tmp_path / 'a' / 'x').strip(os.sep).replace(os.sep, '_')}.png",
          f"{str(tmp_path / 'b' / 'x').strip(os.sep).replace(os.sep, '_')}.png", "y.png"])
-    assert [p for p, _ in failed] == [paths[2]]
+    assert failed == [(paths[2], "Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required.")]
     labels = tf.io.decode_png(tf.io.read_file(written[-1])).numpy()
     assert labels.shape == (24, 40, 1) and labels.max() < 3
+
+
+def test_predict_names_why_an_input_cannot_be_read(tmp_path):
+    """Regression: the reasons printed were TF's ("{{function_node __wrapped__ReadFile...}}",
+    "Expected 'tf.Tensor(False, ...)' to be true", "remove it from the split")."""
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    _, failed = export.predict_files(build_segmenter("deeplabv2", "tiny", 3), [str(tmp_path / "missing.png"), str(text)],
+                                     str(tmp_path / "out"))
+    assert failed == [(str(tmp_path / "missing.png"), "no such file"),
+                      (str(text), "not a PNG or JPEG file (empty, corrupt or wrong format)")]
+
+
+def test_predictions_of_images_that_differ_only_by_extension_or_folder_do_not_collide(tmp_path):
+    """Regression: a.jpg and a.png stopped predict.py with "Two inputs would write the same
+    prediction file", naming neither; the same image given twice is named."""
+    assert export.output_names(["a.jpg", "a.png", "d/x.png", "e/x.png", "y.png"]) == [
+        "a_jpg.png", "a_png.png", "d_x.png", "e_x.png", "y.png"]
+    assert export.output_names(["d/a.jpg", "d/a.png", "e/a.png"]) == ["d_a_jpg.png", "d_a_png.png", "e_a.png"]
+    with pytest.raises(export.ExportError, match=r"\./y\.png is given twice \(y\.png and \./y\.png\)"):
+        export.output_names(["y.png", "./y.png"])
 
 
 def test_final_model_loads_in_a_fresh_process_after_importing_the_models_package(run_dir):

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsemiseg.data.io import VOC_COLORMAP, read_image
+from tfsemiseg.data.io import VOC_COLORMAP, read_error_text, read_image
 from tfsemiseg.inference import predict_logits
 
 
@@ -69,17 +69,24 @@ def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
 
 
 def output_names(image_paths):
-    """`<stem>.png` per input; inputs that share a stem (a/x.jpg, b/x.png) keep their parent folders
-    in the name (a_x.png, b_x.png) so that no prediction overwrites another."""
+    """`<stem>.png` per input. Inputs that share a stem keep what tells them apart in the name: their
+    folders (a/x.jpg, b/x.png -> a_x.png, b_x.png), and their extension if that is all
+    (x.jpg, x.png -> x_jpg.png, x_png.png), so that no prediction overwrites another. The same
+    image given twice is refused, by name."""
+    seen = {}
+    for path in image_paths:
+        if os.path.abspath(path) in seen:
+            raise ExportError(f"{path} is given twice ({seen[os.path.abspath(path)]} and {path}); give each image once.")
+        seen[os.path.abspath(path)] = path
+
+    def flat(path, extension):
+        name, ext = os.path.splitext(os.path.normpath(path))
+        return name.strip(os.sep).replace(os.sep, "_") + (ext.replace(".", "_") if extension else "")
+
     stems = [os.path.splitext(os.path.basename(p))[0] for p in image_paths]
-    names = []
-    for path, stem in zip(image_paths, stems):
-        if stems.count(stem) > 1:
-            stem = os.path.splitext(os.path.normpath(path))[0].strip(os.sep).replace(os.sep, "_")
-        names.append(stem + ".png")
-    if len(set(names)) != len(names):
-        raise ExportError("Two inputs would write the same prediction file; give each image once.")
-    return names
+    names = [flat(p, False) if stems.count(stem) > 1 else stem for p, stem in zip(image_paths, stems)]
+    names = [flat(p, True) if names.count(name) > 1 else name for p, name in zip(image_paths, names)]
+    return [name + ".png" for name in names]
 
 
 def predict_files(segmenter, image_paths, output_dir, colour=True, image_scale=1.0):
@@ -96,7 +103,7 @@ def predict_files(segmenter, image_paths, output_dir, colour=True, image_scale=1
         try:
             image = read_image(path)[None]
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
-            failed.append((path, err.message.splitlines()[0]))
+            failed.append((path, read_error_text(path, err)))
             continue
         labels = predict(image)[0].numpy()
         out = VOC_COLORMAP[labels].astype(np.uint8) if colour else labels.astype(np.uint8)[..., None]

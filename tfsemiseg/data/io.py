@@ -12,6 +12,7 @@ the pipeline; a file that TensorFlow cannot decode (truncated, corrupt body) is 
 
 import contextlib
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -172,8 +173,19 @@ def find_unreadable(paths):
         try:
             tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
-            return path, err.message.splitlines()[0]
+            return path, read_error_text(path, err)
     return None
+
+
+def read_error_text(path, err):
+    """Why `path` could not be read, in a user's words, from a TF error of reading or decoding it:
+    without TF's function-node prefix and op suffix ("Unknown image file format. One of JPEG, ...")."""
+    if not os.path.isfile(path):
+        return "no such file"
+    if "Not a PNG or JPEG" in err.message:
+        return "not a PNG or JPEG file (empty, corrupt or wrong format)"
+    line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", err.message.splitlines()[0])
+    return line.split(" [Op:")[0].strip()
 
 
 def assertion_text(message):
