@@ -99,6 +99,15 @@ def test_predict_files_keeps_same_named_inputs_apart_and_skips_a_bad_image(tmp_p
     assert labels.shape == (24, 40, 1) and labels.max() < 3
 
 
+def test_export_to_a_file_is_refused_and_the_file_kept(tmp_path):
+    """Regression: --output=<an existing file> ended in TensorFlow's FailedPreconditionError traceback."""
+    target = tmp_path / "model.png"
+    target.write_bytes(b"keep me")
+    with pytest.raises(export.ExportError, match=f"{target} is a file: --output names the SavedModel's directory"):
+        export.export_saved_model(build_segmenter("deeplabv2", "tiny", 3), str(target), overwrite=True)
+    assert target.read_bytes() == b"keep me"
+
+
 def test_predict_names_why_an_input_cannot_be_read(tmp_path):
     """Regression: the reasons printed were TF's ("{{function_node __wrapped__ReadFile...}}",
     "Expected 'tf.Tensor(False, ...)' to be true", "remove it from the split")."""

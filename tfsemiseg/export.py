@@ -37,6 +37,9 @@ def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
     Refuses to replace an existing non-empty directory unless `overwrite`: a served version is
     never overwritten by accident.
     """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ExportError(f"{path} is a file: --output names the SavedModel's directory, a version folder "
+                          "such as exported/camvid/1.")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise ExportError(f"{path} exists and is not empty: TF Serving versions are immutable. Export to a new "
                           "version directory (e.g. .../2), or pass --overwrite.")
