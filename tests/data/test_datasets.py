@@ -147,7 +147,8 @@ def test_truncated_image_is_named(camvid_tree):
 
 def test_unknown_eval_split_is_named(camvid_tree):
     ds = build_dataset("camvid", camvid_tree, "1_4")
-    with pytest.raises(DataError, match="no split 'test'.*--eval_split"):
+    with pytest.raises(DataError, match=r"No split 'test' in .*: neither test.txt nor testannot/ exists "
+                                        r"\(splits there: train, val\)\. Fix --eval_split\."):
         ds.keys("test")
 
 

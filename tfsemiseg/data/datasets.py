@@ -379,7 +379,10 @@ def folder(data_dir, split="full", seed=0, class_names=CAMVID_CLASSES, ignore_va
         if os.path.isfile(os.path.join(data_dir, subset + ".txt")) or os.path.isdir(
                 os.path.join(data_dir, subset + "annot")):
             return pairs(subset, names(subset))
-        return None
+        found = sorted(n[:-len("annot")] for n in os.listdir(data_dir)
+                       if n.endswith("annot") and os.path.isdir(os.path.join(data_dir, n)))
+        raise io.DataError(f"No split {subset!r} in {data_dir}: neither {subset}.txt nor {subset}annot/ exists "
+                           f"(splits there: {', '.join(found) or 'none'}). Fix --eval_split.")
 
     ds = SegDataset(name, tuple(class_names), pairs(train_split, labeled), pairs(train_split, unlabeled),
                     ignore_value=ignore_value, find_eval_set=find_eval_set, seed=seed)
