@@ -143,12 +143,15 @@ class Backup(keras.callbacks.BackupAndRestore):
         return os.path.join(self.backup_dir, f"random_states_epoch{epoch}.npz")
 
     def _save_model(self):
-        super()._save_model()
+        # The states first: once Keras' metadata says epoch N is backed up, N's states exist (a
+        # kill between the two files resumed with fresh dropout streams, silently inexact).
         epoch = self._current_epoch
         path = self._random_states_path(epoch)
+        os.makedirs(self.backup_dir, exist_ok=True)
         with open(path + ".tmp", "wb") as f:
             np.savez(f, *[keras.ops.convert_to_numpy(v) for v in self._random_state_variables()])
         os.replace(path + ".tmp", path)
+        super()._save_model()
         for name in os.listdir(self.backup_dir):  # keep this epoch's and the previous one's
             if name.startswith("random_states_epoch") and name not in (
                     os.path.basename(path), os.path.basename(self._random_states_path(epoch - 1))):

@@ -82,7 +82,8 @@ def _training_data(cfg, dataset, input_files):
 
     record = {subset: {"images": len(dataset.keys(subset)), "sha256": digest(dataset.keys(subset))}
               for subset in ("labeled", "unlabeled")}
-    record["files"] = {path: hashlib.sha256(open(path, "rb").read()).hexdigest() for path in input_files}
+    record["files"] = {path: hashlib.sha256(open(path, "rb").read()).hexdigest() for path in input_files
+                       if os.path.isfile(path)}  # a missing one: the method names it before training
     return record
 
 
