@@ -45,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--variant", action="append", default=[], help="LABEL=METHOD [train.py args] (repeatable)")
     parser.add_argument("--split", default="1_8")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--upper_bound_seeds", default="0", help="seeds of SupOnly on --split=full ('' for none)")
+    parser.add_argument("--upper_bound_seeds", default="0,1,2", help="seeds of SupOnly on --split=full ('' for none)")
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "camvid"))
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "benchmark", "pretrained"))
     parser.add_argument("--records", default=os.path.join(ROOT, "benchmarks", "camvid_pretrained"),
