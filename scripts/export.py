@@ -10,7 +10,6 @@ import os
 import sys
 
 import _bootstrap  # noqa: F401
-import tensorflow as tf
 from absl import app, flags
 
 from tfsemiseg import export, runner
@@ -29,8 +28,6 @@ def main(argv):
         path = export.export_saved_model(segmenter, output, cfg.image_scale, overwrite=FLAGS.overwrite)
     except (FileNotFoundError, export.ExportError) as err:
         sys.exit(f"error: {err}")
-    except tf.errors.OpError as err:  # e.g. no permission to write there
-        sys.exit(f"error: cannot write the SavedModel to {output}: {err.message.splitlines()[0]}")
     if not os.path.basename(os.path.normpath(path)).isdigit():
         print(f"note: TF Serving loads numbered version folders (<model>/1, <model>/2, ...); {path} is not one.")
     print(f"SavedModel written to {path}. Signatures: serving_default (image_bytes: PNG/JPEG files -> classes, "

@@ -81,6 +81,12 @@ def test_export_refuses_to_overwrite_a_version(run_dir, tmp_path):
     proc = script("export.py", f"--workdir={run_dir}", f"--output={target}")
     assert proc.returncode != 0 and "exists and is not empty" in proc.stderr and "--overwrite" in proc.stderr
     assert script("export.py", f"--workdir={run_dir}", f"--output={target}", "--overwrite").returncode == 0
+    # Regression: a file in the way of the output folder ended in a FailedPreconditionError traceback.
+    (tmp_path / "model.png").write_bytes(b"keep me")
+    proc = script("export.py", f"--workdir={run_dir}", f"--output={tmp_path / 'model.png' / '1'}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"error: Cannot write the SavedModel to {tmp_path / 'model.png' / '1'}:" in proc.stderr
+    assert (tmp_path / "model.png").read_bytes() == b"keep me"
 
 
 def test_predict_files_keeps_same_named_inputs_apart_and_skips_a_bad_image(tmp_path):

@@ -67,7 +67,10 @@ def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint("serve_pixels", serve_pixels)
     archive.add_endpoint("serve", serve)
-    archive.write_out(path, verbose=False)
+    try:
+        archive.write_out(path, verbose=False)
+    except tf.errors.OpError as err:  # e.g. a file where a folder of the path should be, no permission
+        raise ExportError(f"Cannot write the SavedModel to {path}: {err.message.splitlines()[0]}") from None
     return path
 
 

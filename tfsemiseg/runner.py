@@ -74,14 +74,15 @@ def _check_resume(cfg):
 
 def _training_data(cfg, dataset, input_files):
     """What a run trains on: the labeled and unlabeled files (relative to the data directory, which
-    may move) and the contents of the method's own input files."""
-    def digest(keys):
-        text = "\n".join("\t".join(os.path.relpath(p, cfg.data_dir) if isinstance(p, str) and cfg.data_dir else str(p)
-                                   for p in (key if isinstance(key, tuple) else (key,))) for key in keys)
-        return hashlib.sha256(text.encode()).hexdigest()
+    may move; synthetic keys are indices) and the contents of the method's own input files."""
+    def name(part):
+        return os.path.relpath(part, cfg.data_dir) if isinstance(part, str) and cfg.data_dir else str(part)
 
-    record = {subset: {"images": len(dataset.keys(subset)), "sha256": digest(dataset.keys(subset))}
-              for subset in ("labeled", "unlabeled")}
+    record = {}
+    for subset in ("labeled", "unlabeled"):
+        keys = [key if isinstance(key, tuple) else (key,) for key in dataset.keys(subset)]
+        text = "\n".join("\t".join(map(name, key)) for key in keys)
+        record[subset] = {"images": len(keys), "sha256": hashlib.sha256(text.encode()).hexdigest()}
     record["files"] = {path: hashlib.sha256(open(path, "rb").read()).hexdigest() for path in input_files
                        if os.path.isfile(path)}  # a missing one: the method names it before training
     return record
@@ -149,10 +150,10 @@ def train(cfg, verbose=1, overwrite=False):
     set_precision(cfg.mixed_precision)
     os.makedirs(cfg.workdir, exist_ok=True)
     dataset = load_dataset(cfg)
+    method = get_method(cfg.method)
+    _check_training_data(cfg, dataset, method.input_files(cfg))  # before the (long) file check
     dataset.verify(["labeled", "unlabeled", cfg.eval_split] if dataset.unlabeled else ["labeled", cfg.eval_split],
                    record=os.path.join(cfg.workdir, "data_verified.json"))
-    method = get_method(cfg.method)
-    _check_training_data(cfg, dataset, method.input_files(cfg))
     atomic_write(os.path.join(cfg.workdir, "config.json"), cfg.to_json())
 
     if not issubclass(method, SegmentationMethod):
