@@ -20,7 +20,7 @@ TINY = ["--dataset=synthetic", "--iterations=6", "--set", "steps_per_epoch=3", "
         "--set", "batch_size=2", "--verbose=0"]
 
 
-def test_train_then_evaluate_synthetic(tmp_path):
+def test_train_evaluate_rerun_and_overwrite_synthetic(tmp_path):
     workdir = str(tmp_path / "run")
     proc = run("train.py", "--method=suponly", f"--workdir={workdir}", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,6 +43,15 @@ def test_train_then_evaluate_synthetic(tmp_path):
     assert evaluated["miou"] == pytest.approx(metrics["miou"], abs=1e-6)
     assert json.load(open(os.path.join(workdir, "metrics.json"))) == metrics  # untouched
 
+    # The same run again: not retrained; with another configuration: refused; --overwrite: retrained.
+    proc = run("train.py", "--method=suponly", f"--workdir={workdir}", *TINY)
+    assert proc.returncode == 0 and "holds a finished run" in proc.stdout and "evaluate.py" in proc.stdout
+    assert json.load(open(os.path.join(workdir, "metrics.json"))) == metrics
+    proc = run("train.py", "--method=suponly", f"--workdir={workdir}", *TINY, "--set", "lr=0.5")
+    assert proc.returncode != 0 and "another configuration" in proc.stderr
+    proc = run("train.py", "--method=suponly", f"--workdir={workdir}", *TINY, "--overwrite")
+    assert proc.returncode == 0 and "val mIoU:" in proc.stdout
+
 
 def test_voc_missing_says_where_to_put_it(tmp_path):
     proc = run("train.py", "--method=suponly", "--split=1464", f"--workdir={tmp_path}/w",
@@ -59,13 +68,6 @@ def test_camvid_folder_dataset(camvid_tree, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     assert len(metrics["per_class_iou"]) == 11 and metrics["split"] == "1_4"
-
-
-def test_resuming_with_another_config_is_refused(tmp_path):
-    workdir = str(tmp_path / "run")
-    assert run("train.py", f"--workdir={workdir}", *TINY).returncode == 0
-    proc = run("train.py", f"--workdir={workdir}", *TINY, "--set", "lr=0.5")
-    assert proc.returncode != 0 and "another configuration" in proc.stderr
 
 
 def test_alss_with_xla(tmp_path):
@@ -150,17 +152,6 @@ def test_resuming_on_an_edited_split_is_refused_and_the_run_kept(camvid_tree, tm
         in proc.stderr and "--overwrite" in proc.stderr
     assert (tmp_path / "cv" / "training_data.json").read_text() == record  # nothing overwritten
     assert os.path.exists(tmp_path / "cv" / "final" / "segmenter.keras")
-
-
-def test_a_finished_run_is_not_retrained_without_overwrite(tmp_path):
-    workdir = str(tmp_path / "run")
-    assert run("train.py", f"--workdir={workdir}", *TINY).returncode == 0
-    metrics = open(os.path.join(workdir, "metrics.json")).read()
-    proc = run("train.py", f"--workdir={workdir}", *TINY)
-    assert proc.returncode == 0 and "holds a finished run" in proc.stdout and "evaluate.py" in proc.stdout
-    assert open(os.path.join(workdir, "metrics.json")).read() == metrics
-    proc = run("train.py", f"--workdir={workdir}", *TINY, "--overwrite")
-    assert proc.returncode == 0 and "val mIoU:" in proc.stdout
 
 
 def _final_weights(workdir):

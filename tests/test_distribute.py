@@ -41,9 +41,10 @@ def run(method, distribute, mixed, tmp_path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# suponly: its full run under two replicas is tested with MultiWorkerMirroredStrategy below, its step
-# with MirroredStrategy above (suite budget).
-@pytest.mark.parametrize("method", [pytest.param("suponly", marks=pytest.mark.slow), "alss", "st", "pseudoseg"])
+# Suite budget: suponly's full run under two replicas is tested with MultiWorkerMirroredStrategy below,
+# its step with MirroredStrategy above; st's stages are SupOnly fits created in the same strategy scope.
+@pytest.mark.parametrize("method", [pytest.param("suponly", marks=pytest.mark.slow), "alss",
+                                    pytest.param("st", marks=pytest.mark.slow), "pseudoseg"])
 def test_mirrored_strategy_on_two_logical_cpus(method, tmp_path):
     out = run(method, "mirrored", False, tmp_path)
     assert out["replicas"] == 2 and 0.0 <= out["miou"] <= 1.0
@@ -84,7 +85,11 @@ np.savez(sys.argv[1], **moves)
 def test_two_replicas_step_like_one_with_the_decay_in_the_gradient(tmp_path):
     """Under MirroredStrategy (two logical CPUs, SyncBN) three SGD steps with `weight_decay_in_gradient`
     move every weight as one replica does on the same global batch: each replica adds its share of
-    wd * w (seeded like the loss), so the sum over replicas is the decay once, not twice."""
+    wd * w (seeded like the loss), so the sum over replicas is the decay once, not twice.
+
+    Compared over all weights but the 0.1 % most different: summing over replicas rounds differently,
+    and in three steps that can flip a ReLU here and there (one weight of 337,848 in a CI run). The
+    decay added twice moves 60 % of them by up to the decay's own size."""
     out = tmp_path / "moves.npz"
     proc = subprocess.run([sys.executable, "-c", STEPS, str(out)], capture_output=True, text=True, cwd=ROOT,
                           timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
@@ -92,7 +97,8 @@ def test_two_replicas_step_like_one_with_the_decay_in_the_gradient(tmp_path):
     moves = np.load(out)
     decay_part = np.abs(moves["one"] - moves["no_decay"]).max()
     assert decay_part > 1e-4  # the decay matters at this wd, so a factor of 2 on it would show
-    np.testing.assert_allclose(moves["mirrored"], moves["one"], rtol=0, atol=0.02 * decay_part)
+    difference = np.abs(moves["mirrored"] - moves["one"])
+    assert np.quantile(difference, 0.999) < 0.02 * decay_part, np.quantile(difference, 0.999) / decay_part
 
 
 @pytest.mark.parametrize("method", ["alss", "pseudoseg", pytest.param("st", marks=pytest.mark.slow)])
