@@ -5,9 +5,14 @@ Images are float32 in [0, 255] (normalisation belongs to the model, see
 where there is no ground truth, including padding and cutout boxes.
 
 - `weak_augment`: random scale, pad (image 0, label ignore), random crop, horizontal flip.
-- `StrongAugment`: photometric augmentation from Keras core layers (colour jitter, grayscale,
-  Gaussian blur) plus a cutout box filled with noise whose label becomes ignore. This is the
-  ST++ recipe (Yang et al. 2022, Sec. 3.2), reused by later methods.
+- `ColorJitter`: the papers' colour jitter in tf.image ops, in two variants: torchvision's
+  (ST++, UniMatch: brightness, contrast and saturation multiplied by U[0.5, 1.5], hue shifted by
+  up to 0.25 of the circle) and PseudoSeg's TF one (brightness added, contrast per channel).
+  Keras' `RandomColorJitter` is neither: its saturation factor f ~ U(-0.5, 0.5) scales
+  saturation by f / (1 - f) clipped at 0, so half the views come out grey.
+- `StrongAugment`: colour jitter, grayscale and Gaussian blur (Keras core layers) plus a cutout
+  box filled with noise whose label becomes ignore. This is the ST++ recipe (Yang et al. 2022,
+  Sec. 3.2), reused by later methods.
 """
 
 import math
@@ -98,22 +103,82 @@ def cutout(image, label, p=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)):
     return image, label
 
 
+class ColorJitter:
+    """Brightness, contrast, saturation and hue jitter in random order, on images in [0, 255].
+
+    Each factor is drawn per call; each op clips to the value range, as both official codes do.
+    `style="torchvision"` (ST++, UniMatch: `transforms.ColorJitter(0.5, 0.5, 0.5, 0.25)`):
+        brightness  x * b,                               b ~ U[1 - 0.5, 1 + 0.5]
+        contrast    c * x + (1 - c) * mean(gray(x)),      c ~ U[0.5, 1.5]
+        saturation  s * x + (1 - s) * gray(x),           s ~ U[0.5, 1.5]
+        hue         H + h (HSV, mod 1),                  h ~ U[-0.25, 0.25]
+    `style="tf"` (PseudoSeg, `preprocess_utils.py`, images on [0, 1]):
+        brightness  x + b,                               b ~ U[-0.5, 0.5]
+        contrast    c * (x - mean_channel(x)) + mean_channel(x)   (tf.image.adjust_contrast)
+        saturation  S * s (HSV)                          (tf.image.adjust_saturation)
+        hue         as above                             (tf.image.adjust_hue)
+    gray(x) = 0.299 R + 0.587 G + 0.114 B (the same weights in both libraries).
+    """
+
+    STYLES = ("torchvision", "tf")
+
+    def __init__(self, brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, style="torchvision"):
+        if style not in self.STYLES:
+            raise ValueError(f"ColorJitter style {style!r}: choose one of {self.STYLES}")
+        self.brightness, self.contrast, self.saturation, self.hue, self.style = (
+            brightness, contrast, saturation, hue, style)
+
+    def sample(self):
+        """(factors [4]: brightness, contrast, saturation, hue; order [4]: a permutation of 0..3)."""
+        uniform = lambda low, high: tf.random.uniform([], low, high)  # noqa: E731
+        if self.style == "torchvision":
+            brightness = uniform(max(0.0, 1 - self.brightness), 1 + self.brightness)
+        else:
+            brightness = uniform(-self.brightness, self.brightness)
+        factors = tf.stack([brightness, uniform(max(0.0, 1 - self.contrast), 1 + self.contrast),
+                            uniform(max(0.0, 1 - self.saturation), 1 + self.saturation),
+                            uniform(-self.hue, self.hue)])
+        return factors, tf.random.shuffle(tf.range(4))
+
+    def apply(self, image, factors, order):
+        """Jitter `image` ([H, W, 3] in [0, 255]) with the given factors, ops in `order`."""
+        x = tf.cast(image, tf.float32) / 255.0
+
+        def gray(x):
+            return tf.image.rgb_to_grayscale(x)
+
+        if self.style == "torchvision":
+            ops = [lambda x: x * factors[0],
+                   lambda x: factors[1] * x + (1 - factors[1]) * tf.reduce_mean(gray(x)),
+                   lambda x: factors[2] * x + (1 - factors[2]) * gray(x),
+                   lambda x: tf.image.adjust_hue(x, factors[3])]
+        else:
+            ops = [lambda x: x + factors[0],
+                   lambda x: tf.image.adjust_contrast(x, factors[1]),
+                   lambda x: tf.image.adjust_saturation(x, factors[2]),
+                   lambda x: tf.image.adjust_hue(x, factors[3])]
+        for position in range(4):
+            x = tf.switch_case(order[position], [lambda op=op, x=x: tf.clip_by_value(op(x), 0.0, 1.0) for op in ops])
+        return x * 255.0
+
+    def __call__(self, image):
+        return self.apply(image, *self.sample())
+
+
 class StrongAugment:
     """Photometric strong augmentation + cutout, for one example (image [H, W, 3], label [H, W]).
 
-    Defaults are ST++'s: ColorJitter(0.5, 0.5, 0.5, 0.25) with p 0.8, grayscale p 0.2,
-    Gaussian blur p 0.5 with sigma in [0.1, 2.0], cutout p 0.5 with a box of 2-40 % of the crop.
+    Defaults are ST++'s: torchvision's ColorJitter(0.5, 0.5, 0.5, 0.25) with p 0.8, grayscale
+    p 0.2, Gaussian blur p 0.5 with sigma in [0.1, 2.0], cutout p 0.5 with a box of 2-40 % of the crop.
     """
 
     def __init__(self, jitter=(0.5, 0.5, 0.5, 0.25), p_jitter=0.8, p_gray=0.2, p_blur=0.5,
-                 blur_sigma=(0.1, 2.0), p_cutout=0.5, cutout_area=(0.02, 0.4), cutout_ratio=(0.3, 1 / 0.3)):
-        b, c, s, h = jitter
+                 blur_sigma=(0.1, 2.0), p_cutout=0.5, cutout_area=(0.02, 0.4), cutout_ratio=(0.3, 1 / 0.3),
+                 jitter_style="torchvision"):
         self.p_jitter, self.p_cutout, self.cutout_area, self.cutout_ratio = p_jitter, p_cutout, cutout_area, cutout_ratio
         self.p_gray, self.p_blur = p_gray, p_blur
+        self.jitter = ColorJitter(*jitter, style=jitter_style)
         # Data augmentation, not model layers: float32 whatever the mixed-precision policy.
-        self.jitter = keras.layers.RandomColorJitter(
-            value_range=(0, 255), brightness_factor=b, contrast_factor=c, saturation_factor=s, hue_factor=h,
-            dtype="float32")
         self.gray = keras.layers.RandomGrayscale(factor=p_gray, dtype="float32")
         # PIL's GaussianBlur(radius=sigma) reaches about 3 sigma: a 13-tap kernel covers sigma = 2.
         self.blur = keras.layers.RandomGaussianBlur(
@@ -122,11 +187,12 @@ class StrongAugment:
 
     @classmethod
     def pseudoseg(cls, crop_size):
-        """PseudoSeg's strong view (Zou et al. 2021): colour jitter always (brightness, contrast,
-        saturation 0.5, hue 0.25), no grayscale or blur, one cutout square of 100 px per 513 px of crop."""
+        """PseudoSeg's strong view (Zou et al. 2021): its TF colour jitter always (brightness +-0.5,
+        contrast and saturation 0.5, hue 0.25), no grayscale or blur, one cutout square of 100 px
+        per 513 px of crop."""
         side = 100 / 513
         return cls(p_jitter=1.0, p_gray=0.0, p_blur=0.0, p_cutout=1.0, cutout_area=(side ** 2, side ** 2),
-                   cutout_ratio=(1.0, 1.0))
+                   cutout_ratio=(1.0, 1.0), jitter_style="tf")
 
     def __call__(self, image, label):
         image = tf.cond(tf.random.uniform([]) < self.p_jitter, lambda: self.jitter(image), lambda: image)
