@@ -19,7 +19,4 @@ SETTINGS = {
     "voc": _PAPER,
     "cityscapes": dict(_PAPER, crop_size=512, eval_window=512),
     "folder": dict(_PAPER, backbone="resnet50"),
-    # The quickstart's network (DeepLab-v3+ on the tiny ResNet), a shorter schedule: a step costs
-    # about three SupOnly steps (weak, CAM and strong passes).
-    "synthetic": dict(iterations=1200, steps_per_epoch=300),
 }

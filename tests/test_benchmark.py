@@ -1,11 +1,12 @@
-"""benchmarks/camvid_benchmark.py: runs seed by seed, records finished runs, skips them when run again."""
+"""benchmarks/semiseg_benchmark.py: runs seed by seed, records finished runs, skips them when run again."""
 
 import importlib.util
 import json
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("camvid_benchmark", os.path.join(ROOT, "benchmarks", "camvid_benchmark.py"))
+spec = importlib.util.spec_from_file_location("semiseg_benchmark", os.path.join(ROOT, "benchmarks",
+                                                                                "semiseg_benchmark.py"))
 benchmark = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(benchmark)
 spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
@@ -24,8 +25,12 @@ def test_benchmark_runs_records_and_skips(camvid_tree, tmp_path, capsys):
     record = json.load(open(tmp_path / "records" / "suponly_1_4_seed1.json"))
     assert record["seed"] == 1 and record["metrics"]["steps"] == 2 and record["wall_seconds"] > 0
     assert "--seed=1" in record["command"] and "--backbone=tiny" in record["command"]
+    assert "--mixed_precision" in record["command"]  # every benchmark run in bfloat16
+    assert not [w for w in record["command"].split() if w.split("=")[-1].startswith("/")]  # no machine paths
+    assert "--workdir=RUNS/suponly_1_4_seed1" in record["command"]
     table = open(tmp_path / "records" / "results.md").read()
-    assert "| suponly | 2 | **" in table and "+-" in table and "sky" in table
+    assert "| suponly | 1_4 | **" in table and "| 0,1 |" in table and "+-" in table and "sky" in table
+    assert (tmp_path / "records.png").stat().st_size > 1000  # the figure, one dot per seed
 
     capsys.readouterr()
     assert benchmark.main(args) == 0  # everything recorded: nothing runs again
@@ -69,6 +74,32 @@ def test_an_attempt_counts_while_it_runs(tmp_path, monkeypatch):
     assert attempts[1]["exit"] == 0
     record = json.load(open(tmp_path / "records" / "suponly_1_8_seed0.json"))
     assert record["attempts"] == 2 and record["wall_seconds"] == round(100.0 + attempts[1]["seconds"], 1)
+
+
+def test_every_registered_method_runs_and_self_training_reuses_the_seeds_supervised_run(tmp_path):
+    from tfsemiseg.methods import METHODS
+
+    args = benchmark.parse_args(["--dataset=synthetic", f"--runs_dir={tmp_path}"])
+    assert args.split == "1_16" and args.methods[0] == "suponly" and sorted(args.methods) == sorted(METHODS)
+    for method in ("st", "stpp"):
+        cmd = benchmark.command(args, method, "1_16", 2, str(tmp_path / f"{method}_1_16_seed2"), [])
+        assert cmd[-2:] == ["--set", f"teacher={tmp_path / 'suponly_1_16_seed2'}"]
+        assert "--dataset=synthetic" in cmd and not any(c.startswith("--data_dir") for c in cmd)
+        assert "RUNS/suponly_1_16_seed2" in benchmark.portable(cmd, args)
+    assert not any("teacher" in c for c in benchmark.command(args, "alss", "1_16", 2, str(tmp_path), []))
+
+
+def test_summary_table_compares_with_suponly_and_the_full_label_runs(tmp_path):
+    args = benchmark.parse_args(["--dataset=synthetic", "--methods=suponly,alss", "--seeds=0,1",
+                                 "--upper_bound_seeds=0", f"--records={tmp_path}"])
+    for label, split, seed, miou in (("suponly", "1_16", 0, 0.40), ("suponly", "1_16", 1, 0.42),
+                                     ("alss", "1_16", 0, 0.50), ("alss", "1_16", 1, 0.52),
+                                     ("suponly", "full", 0, 0.61)):
+        benchmark._write_json(benchmark.record_path(args, label, split, seed), {
+            "wall_seconds": 60.0, "attempts": 1, "metrics": {"miou": miou, "per_class_iou": {"a": miou}}})
+    table = benchmark.tables(args)
+    assert "| alss | 1_16 | **51.00 +- 1.41** | 0,1 | +10.00 | 50 % | 1.0 min |" in table
+    assert "| suponly | full | **61.00 +- -** | 0 |" in table
 
 
 def test_plan_order_seed_by_seed_then_upper_bound_then_variants():

@@ -78,9 +78,12 @@ class Config:
     d_beta_2: float = owned_by(0.99, "alss")
     # ST / ST++ (Yang et al. 2022)
     # stage_epochs > 0: every training stage runs this many epochs over its own image list (paper: 80);
-    # else each student trains student_iterations (0: `iterations`).
+    # else the teacher trains `iterations` and each student student_iterations (0: the paper's ratio,
+    # as many epochs over its labeled + pseudo-labeled list as the teacher over its labeled list).
     stage_epochs: int = owned_by(0, "st", "stpp")
     student_iterations: int = owned_by(0, "st", "stpp")
+    # A finished SupOnly run of the same setting and seed to use as the teacher (stage 1 not trained).
+    teacher: str = owned_by("", "st", "stpp")
     tta_scales: tuple = owned_by((0.5, 0.75, 1.0, 1.5, 2.0), "st", "stpp")  # pseudo-labelling TTA
     tta_flip: bool = owned_by(True, "st", "stpp")
     reliable_fraction: float = owned_by(0.5, "st", "stpp")  # ST++: share of unlabeled images deemed reliable

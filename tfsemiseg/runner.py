@@ -39,7 +39,7 @@ def load_dataset(cfg):
 
 
 # Where the run lives, not what it computes: a moved run directory or dataset still resumes.
-LOCATION_FIELDS = ("workdir", "data_dir")
+LOCATION_FIELDS = ("workdir", "data_dir", "teacher")
 
 
 class RunFinished(ValueError):

@@ -60,21 +60,29 @@ def epochs_and_steps(cfg):
     return math.ceil(cfg.iterations / steps_per_epoch), steps_per_epoch
 
 
-class SaveSegmenterAt(keras.callbacks.Callback):
-    """Saves `model.segmenter` at the end of the given (1-based) epochs as `<directory>/epoch_<n>.keras`
-    (ST++'s teacher snapshots). `ModelCheckpoint` saves every epoch or every N batches, not at chosen epochs."""
+def snapshot_steps(iterations):
+    """The steps at which a supervised run keeps ST++'s teacher snapshots: 1/3 and 2/3 of training
+    (the official code saves at the end of epochs E // 3 and 2E // 3 of E)."""
+    return (iterations // 3, 2 * iterations // 3)
 
-    def __init__(self, epochs, directory):
+
+class SaveSegmenterAt(keras.callbacks.Callback):
+    """Saves `model.segmenter` after the given (1-based) training steps as `<directory>/step_<n>.keras`
+    (ST++'s teacher snapshots). `ModelCheckpoint` saves every epoch or every N batches, not at chosen
+    steps. Steps count the compiled optimizer's iterations, so a resumed fit saves at the same ones."""
+
+    def __init__(self, steps, directory):
         super().__init__()
-        self.epochs, self.directory = set(epochs), directory
+        self.steps, self.directory = set(steps), directory
 
     @staticmethod
-    def path(directory, epoch):
-        return os.path.join(directory, f"epoch_{epoch}.keras")
+    def path(directory, step):
+        return os.path.join(directory, f"step_{step}.keras")
 
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 in self.epochs:
-            save_segmenter(self.model.segmenter, self.path(self.directory, epoch + 1))
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step in self.steps:
+            save_segmenter(self.model.segmenter, self.path(self.directory, step))
 
 
 def set_precision(mixed_precision):

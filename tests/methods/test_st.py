@@ -101,19 +101,27 @@ def test_paper_schedule_counts_epochs_over_each_stage_list(tmp_path):
     driver = SelfTrainingPlus(cfg, dataset, tf.distribute.get_strategy(), verbose=0)
     teacher = driver.stage_config("1_teacher", 0)  # 32 < 200 labeled ids are repeated 7 times: 224 images
     assert (teacher.steps_per_epoch, teacher.iterations) == (28, 9 * 28)
-    assert driver.snapshot_epochs(teacher) == (3, 6)
+    assert driver.snapshot_steps(teacher) == (84, 168)  # 1/3 and 2/3 of 252 steps
     student = driver.stage_config("6_student", 480)  # 32 x 15 + 480 = 960 images
     assert (student.steps_per_epoch, student.iterations) == (120, 9 * 120)
-    # The CPU settings count iterations instead.
-    cfg = configs.get_config("st", "camvid")
-    plain = SelfTraining(cfg.replace(workdir=str(tmp_path)), dataset, tf.distribute.get_strategy(), verbose=0)
-    assert plain.stage_config("1_teacher", 0).iterations == cfg.iterations
-    assert plain.stage_config("3_student", 480).iterations == cfg.student_iterations
 
 
-def test_stpp_needs_three_teacher_epochs(tmp_path):
-    cfg = configs.get_config("stpp", "synthetic").replace(workdir=str(tmp_path), iterations=10, steps_per_epoch=5)
-    with pytest.raises(ValueError, match="steps_per_epoch"):
+def test_cpu_settings_train_students_the_papers_epochs_relative_to_the_teacher(tmp_path):
+    """The CPU settings count the teacher's iterations; a student trains as many epochs over its list
+    as the teacher over its own (not a fixed shorter count: short students unlearned small classes)."""
+    cfg = configs.get_config("stpp", "synthetic").replace(workdir=str(tmp_path))
+    dataset = build_dataset("synthetic", split="1_16")  # 32 labeled (x 7 = 224 a teacher epoch), 480 unlabeled
+    driver = SelfTrainingPlus(cfg, dataset, tf.distribute.get_strategy(), verbose=0)
+    assert driver.stage_config("1_teacher", 0).iterations == cfg.iterations == 3000
+    assert driver.stage_config("4_student_reliable", 240).iterations == round(3000 * (32 * 8 + 240) / 224)
+    assert driver.stage_config("6_student", 480).iterations == round(3000 * (32 * 15 + 480) / 224)
+    fixed = SelfTraining(cfg.replace(student_iterations=500), dataset, tf.distribute.get_strategy(), verbose=0)
+    assert fixed.stage_config("3_student", 480).iterations == 500
+
+
+def test_stpp_needs_three_teacher_iterations(tmp_path):
+    cfg = configs.get_config("stpp", "synthetic").replace(workdir=str(tmp_path), iterations=2, steps_per_epoch=1)
+    with pytest.raises(ValueError, match="--iterations=2"):
         SelfTrainingPlus(cfg, build_dataset("synthetic"), tf.distribute.get_strategy(), verbose=0)
 
 
@@ -189,7 +197,7 @@ def test_stpp_resumes_after_an_interruption_and_skips_finished_stages(tmp_path, 
     assert not os.path.exists(run / "5_label_unreliable")  # never half-written
     assert len(os.listdir(run / "5_label_unreliable.tmp")) > 0
     assert not os.path.exists(run / "metrics.json")
-    assert sorted(os.listdir(run / "1_teacher" / "snapshots")) == ["epoch_1.keras", "epoch_2.keras"]
+    assert sorted(os.listdir(run / "1_teacher" / "snapshots")) == ["step_2.keras", "step_4.keras"]
     reliable = (run / "2_select" / "reliable.txt").read_text().split()
     unreliable = (run / "2_select" / "unreliable.txt").read_text().split()
     assert len(reliable) == len(unreliable) == 240 and not set(reliable) & set(unreliable)
@@ -210,6 +218,30 @@ def test_stpp_resumes_after_an_interruption_and_skips_finished_stages(tmp_path, 
     assert list(metrics["stages"]) == ["1_teacher", "2_select", "3_label_reliable", "4_student_reliable",
                                        "5_label_unreliable", "6_student"]
     assert os.path.exists(run / "final" / "segmenter.keras")
+
+
+def test_stpp_takes_a_supervised_run_as_its_teacher_and_refuses_one_of_another_setting(tmp_path, monkeypatch):
+    shared = {k: v for k, v in TINY.items() if k not in ("student_iterations", "tta_scales")}
+    teacher_dir = tmp_path / "suponly"
+    teacher = runner.train(configs.get_config("suponly", "synthetic").replace(workdir=str(teacher_dir), **shared),
+                           verbose=0)
+    assert sorted(os.listdir(teacher_dir / "snapshots")) == ["step_2.keras", "step_4.keras"]
+
+    other = tiny("stpp", tmp_path / "other").replace(teacher=str(teacher_dir), seed=1)
+    with pytest.raises(ValueError, match="teacher.*seed"):
+        runner.train(other, verbose=0)
+
+    trained = []
+    monkeypatch.setattr(st.training, "fit_stage", _recording(st.training.fit_stage, trained))
+    run = tmp_path / "stpp"
+    metrics = runner.train(tiny("stpp", run).replace(teacher=str(teacher_dir)), verbose=0)
+    assert [os.path.basename(args[4]) for args in trained] == ["4_student_reliable", "6_student"]
+    assert not (run / "1_teacher").exists()
+    assert metrics["stages"]["1_teacher"] == {"miou": teacher["miou"], "train_seconds": 0.0, "reused": True}
+    assert "teacher" in json.load(open(run / "config.json"))
+    # The reliable half was scored with the teacher's snapshots and labelled by the teacher.
+    summary = json.load(open(run / "3_label_reliable" / "summary.json"))
+    assert summary["model"] == str(teacher_dir)
 
 
 def _recording(function, calls):

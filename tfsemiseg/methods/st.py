@@ -13,7 +13,7 @@ ST (`--method=st`):
                         (weak + strong: colour jitter, grayscale, blur, cutout whose pixels are ignored),
                         shuffled into the same batches, the labeled images repeated to match.
 ST++ (`--method=stpp`) self-trains on the reliable images first:
-    1_teacher           as in ST, keeping snapshots T_1, T_2 at 1/3 and 2/3 of its epochs (T_3 = the end);
+    1_teacher           as in ST, with snapshots T_1, T_2 at 1/3 and 2/3 of its training (T_3 = the end);
     2_select            stability s(u) = 1/2 sum_{k=1,2} mIoU(argmax T_k(u), argmax T_3(u)); the most
                         stable `reliable_fraction` (half) of the unlabeled images are reliable
                         (reliable.txt / unreliable.txt, scores.txt);
@@ -21,6 +21,11 @@ ST++ (`--method=stpp`) self-trains on the reliable images first:
     4_student_reliable  a student on labeled + reliable images;
     5_label_unreliable  that student pseudo-labels the unreliable images (the reliable labels are kept);
     6_student           a fresh student on labeled + all pseudo-labeled images: the reported model.
+
+`--set teacher=<run>` takes a finished SupOnly run of the same setting and seed as stage 1 (SupOnly
+keeps the snapshots), so a benchmark trains each seed's teacher once. Students train as the paper
+does relative to the teacher: as many epochs over their labeled + pseudo-labeled list as the
+teacher over its labeled list (`student_iterations` overrides it).
 
 Running the same command again skips finished stages: a training stage resumes from its
 backup and is finished once its metrics.json exists; an inference stage writes into
@@ -50,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg import metrics, training
+from tfsemiseg.config import Config
 from tfsemiseg.callbacks import SegmentationImages
 from tfsemiseg.data import augment, pipeline
 from tfsemiseg.data.io import IGNORE_LABEL
@@ -137,41 +143,48 @@ class SelfTraining:
     # -- training stages ---------------------------------------------------------------------------
 
     def stage_config(self, stage, num_pseudo):
-        """The run's config with this stage's schedule: `stage_epochs` over the stage's own image list
-        (the paper's; fewer than 200 labeled images are repeated, as in the official code), else
-        `iterations` for the teacher and `student_iterations` for students."""
+        """The run's config with this stage's schedule. The paper's: every stage `stage_epochs` over its
+        own image list (labeled ids x ceil(U / L) + the U pseudo-labeled ids for a student; fewer than
+        200 labeled ids repeated to 200 or more, as in the official code). Else the teacher trains
+        `iterations` and a student `student_iterations` or, by default, as many epochs over its list as
+        the teacher over its own: iterations x |student list| / |teacher list|."""
         cfg = self.cfg
-        if not cfg.stage_epochs:
-            iterations = (cfg.student_iterations or cfg.iterations) if num_pseudo else cfg.iterations
-            return cfg.replace(iterations=iterations)
-        labeled = len(self.dataset.labeled)
-        if num_pseudo:  # labeled ids x ceil(U / L) + pseudo-labeled ids
-            images = labeled * math.ceil(num_pseudo / labeled) + num_pseudo
-        else:
-            images = labeled * math.ceil(200 / labeled) if labeled < 200 else labeled
-        steps = max(1, images // cfg.batch_size)
-        return cfg.replace(iterations=cfg.stage_epochs * steps, steps_per_epoch=steps)
+        teacher_images, student_images = self.list_size(0), self.list_size(num_pseudo)
+        if cfg.stage_epochs:
+            steps = max(1, student_images // cfg.batch_size)
+            return cfg.replace(iterations=cfg.stage_epochs * steps, steps_per_epoch=steps)
+        if not num_pseudo:
+            return cfg
+        return cfg.replace(iterations=cfg.student_iterations
+                           or round(cfg.iterations * student_images / teacher_images))
 
-    def snapshot_epochs(self, cfg):
-        """Teacher epochs (1-based) whose checkpoints ST++ compares with the last; none for ST."""
+    def list_size(self, num_pseudo):
+        """The images of one epoch of a stage: the official code's training list."""
+        labeled = len(self.dataset.labeled)
+        if num_pseudo:
+            return labeled * math.ceil(num_pseudo / labeled) + num_pseudo
+        return labeled * math.ceil(200 / labeled) if labeled < 200 else labeled
+
+    def snapshot_steps(self, cfg):
+        """Teacher steps whose snapshots ST++ compares with the last; none for ST."""
         return ()
 
     def train(self, stage, pseudo=()):
         """Train a fresh SupOnly network on the labeled images plus `pseudo` ((key, png) pairs)."""
+        if not pseudo and self.cfg.teacher:
+            return self.reused_teacher()
         stage_dir = os.path.join(self.workdir, stage)
         if os.path.exists(os.path.join(stage_dir, "metrics.json")):
             self.say(f"{stage}: finished, skipped")
             return stage_dir
-        self.say(f"{stage}: training on {len(self.dataset.labeled)} labeled + {len(pseudo)} pseudo-labeled images")
         cfg = self.stage_config(stage, len(pseudo))
+        self.say(f"{stage}: training on {len(self.dataset.labeled)} labeled + {len(pseudo)} pseudo-labeled images, "
+                 f"{cfg.iterations} iterations")
         keras.utils.set_random_seed(cfg.seed + int(stage.split("_")[0]))  # a fresh, reproducible init
         with self.strategy.scope():
             model = SupOnly.create(cfg, self.dataset)
         log_dir = os.path.join(self.workdir, "logs", stage)
-        callbacks = SupOnly.extra_callbacks(model, self.dataset, cfg, log_dir)
-        if not pseudo:
-            snapshots = os.path.join(stage_dir, "snapshots")
-            callbacks.append(training.SaveSegmenterAt(self.snapshot_epochs(cfg), snapshots))  # none for ST
+        callbacks = SupOnly.extra_callbacks(model, self.dataset, cfg.replace(workdir=stage_dir), log_dir)
         data_paths = self.dataset.paths("labeled")
         if pseudo:
             relabeled = self.dataset.relabeled(*map(list, zip(*pseudo)))
@@ -182,6 +195,36 @@ class SelfTraining:
         training.fit_stage(model, train_data, cfg, self.dataset, stage_dir, log_dir, callbacks,
                            verbose=self.verbose, data_paths=data_paths)
         return stage_dir
+
+    # Where a run lives or what only ST uses: a teacher may differ in these and still be this run's.
+    TEACHER_IGNORED = ("method", "workdir", "data_dir", "eval_every")
+
+    def reused_teacher(self):
+        """`cfg.teacher`, checked: a finished SupOnly run of this run's setting (every shared field but
+        its location), with the snapshots ST++ needs."""
+        teacher, cfg = self.cfg.teacher, self.cfg
+        config_path = os.path.join(teacher, "config.json")
+        for path in (config_path, os.path.join(teacher, "metrics.json"),
+                     os.path.join(teacher, "final", "segmenter.keras")):
+            if not os.path.isfile(path):
+                raise ValueError(f"--set teacher={teacher}: {path} not found; the teacher must be a finished "
+                                 "`--method=suponly` run of the same setting and seed.")
+        theirs = Config.from_json(open(config_path).read())
+        changed = {name: (getattr(theirs, name), getattr(cfg, name)) for name in vars(cfg)
+                   if not cfg.owners(name) and name not in self.TEACHER_IGNORED
+                   and getattr(theirs, name) != getattr(cfg, name)}
+        if theirs.method != "suponly" or changed:
+            raise ValueError(f"--set teacher={teacher}: not a SupOnly run of this setting (method "
+                             f"{theirs.method!r}; differs in {changed or 'nothing else'}). Train the teacher with "
+                             "--method=suponly and this run's other flags, or leave --set teacher unset.")
+        for step in self.snapshot_steps(cfg):
+            path = training.SaveSegmenterAt.path(os.path.join(teacher, "snapshots"), step)
+            if not os.path.isfile(path):
+                raise ValueError(f"--set teacher={teacher}: its snapshot {path} is missing (ST++ compares the "
+                                 "teacher at 1/3 and 2/3 of training). Train the teacher again, or leave "
+                                 "--set teacher unset.")
+        self.say(f"1_teacher: the SupOnly run {teacher}")
+        return teacher
 
     def mixed_data(self, cfg, relabeled):
         """Batches mixing labeled crops (weak augmentation) and pseudo-labeled ones (weak + strong),
@@ -255,6 +298,9 @@ class SelfTraining:
                     found = json.load(open(path))
                     stages[name] = {k: found[k] for k in keys}
         seconds = sum(s.get("train_seconds", s.get("seconds", 0)) for s in stages.values())
+        if self.cfg.teacher:  # trained by the SupOnly run, counted there
+            found = json.load(open(os.path.join(self.cfg.teacher, "metrics.json")))
+            stages = {"1_teacher": {"miou": found["miou"], "train_seconds": 0.0, "reused": True}, **stages}
         result.update(method=self.cfg.method, stages=stages, total_seconds=round(seconds, 1))
         training.atomic_write(os.path.join(self.workdir, "metrics.json"), json.dumps(result, indent=2))
         return result
@@ -279,15 +325,12 @@ class SelfTrainingPlus(SelfTraining):
 
     def __init__(self, cfg, dataset, strategy, verbose=1):
         super().__init__(cfg, dataset, strategy, verbose)
-        epochs, steps = training.epochs_and_steps(self.stage_config("1_teacher", 0))
-        if epochs < 3:
-            raise ValueError(f"ST++ compares teacher checkpoints saved at 1/3 and 2/3 of its epochs, but the "
-                             f"teacher trains {epochs} epoch(s) of {steps} steps. Lower "
-                             "steps_per_epoch (--set steps_per_epoch=N) or raise --iterations.")
+        if cfg.stage_epochs == 0 and cfg.iterations < 3:
+            raise ValueError(f"--iterations={cfg.iterations}: ST++ compares teacher snapshots taken at 1/3 and "
+                             "2/3 of its training, so the teacher needs at least 3 iterations.")
 
-    def snapshot_epochs(self, cfg):
-        epochs, _ = training.epochs_and_steps(cfg)
-        return (epochs // 3, 2 * epochs // 3)
+    def snapshot_steps(self, cfg):
+        return training.snapshot_steps(cfg.iterations)
 
     def stages(self):
         teacher = self.train("1_teacher")
@@ -308,8 +351,8 @@ class SelfTrainingPlus(SelfTraining):
             self.say(f"{stage}: scoring the stability of {len(keys)} unlabeled images")
             snapshots = os.path.join(teacher_dir, "snapshots")
             teacher_cfg = self.stage_config("1_teacher", 0)
-            earlier = [keras.saving.load_model(training.SaveSegmenterAt.path(snapshots, epoch))
-                       for epoch in self.snapshot_epochs(teacher_cfg)]
+            earlier = [keras.saving.load_model(training.SaveSegmenterAt.path(snapshots, step))
+                       for step in self.snapshot_steps(teacher_cfg)]
             final, num_classes = self.load(teacher_dir), self.dataset.num_classes
 
             @tf.function(reduce_retracing=True)

@@ -2,6 +2,8 @@
 
 Trains the segmenter on the labeled split only, with pixel-wise cross-entropy (ignore 255),
 SGD + momentum, poly LR decay, weight decay and a 10x head LR (the DeepLab recipe).
+A run keeps its segmenter at 1/3 and 2/3 of training (`snapshots/`), so ST / ST++ can take a
+finished SupOnly run as their teacher (`--set teacher=<run>`) instead of training it again.
 
     model = SupOnly.create(cfg, dataset)
     model.fit(SupOnly.train_data(dataset, cfg), steps_per_epoch=..., epochs=...)
@@ -9,7 +11,9 @@ SGD + momentum, poly LR decay, weight decay and a 10x head LR (the DeepLab recip
 
 import tensorflow as tf
 
-from tfsemiseg import losses, optim
+import os
+
+from tfsemiseg import losses, optim, training
 from tfsemiseg.data import pipeline
 from tfsemiseg.methods.base import SegmentationMethod
 from tfsemiseg.models.segmenters import build_from_config
@@ -27,6 +31,13 @@ class SupOnly(SegmentationMethod):
     @staticmethod
     def train_data(dataset, cfg):
         return pipeline.labeled_stream(dataset, cfg, seed=cfg.seed)
+
+    @staticmethod
+    def extra_callbacks(model, dataset, cfg, log_dir):
+        """The shared callbacks, and the teacher snapshots ST++ compares (`cfg.workdir/snapshots/`)."""
+        snapshots = training.SaveSegmenterAt(training.snapshot_steps(cfg.iterations),
+                                             os.path.join(cfg.workdir, "snapshots"))
+        return SegmentationMethod.extra_callbacks(model, dataset, cfg, log_dir) + [snapshots]
 
     def train_step(self, data):
         with tf.GradientTape() as tape:

@@ -1,0 +1,322 @@
+"""The accuracy benchmarks in one command: every method at one split over several seeds, resumable.
+
+    python benchmarks/semiseg_benchmark.py --dataset=synthetic     # the built-in set, 1/16: minutes a run
+    python benchmarks/semiseg_benchmark.py --dataset=camvid        # CamVid from ImageNet, 1/8: hours
+    python benchmarks/semiseg_benchmark.py --dataset=camvid --table_only   # tables and figure only
+
+Each run is `scripts/train.py --method=M --dataset=D --split=S --seed=N --mixed_precision` in
+`<runs_dir>/<label>_<split>_seed<N>/` (log beside it), every method at its dataset's setting
+(configs/), so at the same labeled-batch iteration budget. ST and ST++ take the same seed's
+SupOnly run as their teacher (`--set teacher=...`), so each seed's teacher trains once. Runs go
+seed by seed (seed 0 of every method first), so a partial benchmark already compares all
+methods. A finished run leaves a small record, `<records>/<label>_<split>_seed<N>.json` (its
+metrics, command and wall time; paths in it relative to the checkout, `RUNS/` for the runs
+folder), meant to be committed: a run with a record is skipped, on this machine or a fresh one. An
+interrupted run resumes where train.py left it (its stages and backups), so the command can be
+stopped and run again. The wall time of every attempt is added up in `<run>/benchmark.json`,
+which is brought up to date every minute while a run goes, so an attempt killed with this
+command (the end of a session, say) still counts.
+
+After every run the markdown tables (mean +- std per method; per run; mean per-class IoU) are
+rewritten to `<records>/results.md`, ready to paste into RESULTS.md, and the figure
+`<records>.png` (one dot per seed and method, lines at SupOnly on the split and on full labels)
+is drawn when matplotlib is installed (`pip install -e .[benchmarks]`; not a runtime dependency).
+
+Run it from a checkout nobody edits meanwhile (e.g. `git worktree add ../bench HEAD`, then
+`--records` pointing back into the working checkout): TensorFlow's AutoGraph reads a function's
+source from disk when it first converts it, so a run that outlives an edit of `tfsemiseg/` can
+convert the wrong lines and fail.
+
+`--variant=LABEL=METHOD ARGS` adds a method with other settings, e.g.
+`--variant="alss_d_lr_1e-4=alss --set d_lr=1e-4"`; `--upper_bound_seeds` adds SupOnly on the
+full labels. The earlier 800-iteration CamVid records (float32, ST training its own teachers):
+`--records=benchmarks/camvid_pretrained --precision=fp32 --no_reuse_teacher --table_only`.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# Per dataset: the split, where the data is (None: built in) and the suffix of the records folder.
+DATASETS = {
+    "camvid": dict(split="1_8", data_dir=os.path.join(ROOT, "..", "shared", "data", "camvid")),
+    "synthetic": dict(split="1_16", data_dir=None),
+}
+
+
+def registered_methods():
+    """Every registered method, SupOnly first (the teachers and the baseline)."""
+    sys.path.insert(0, ROOT)
+    from tfsemiseg.methods import METHODS
+
+    return ["suponly"] + [m for m in METHODS if m != "suponly"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="camvid", choices=sorted(DATASETS))
+    parser.add_argument("--methods", default=None, help="comma-separated --method values (default: every method)")
+    parser.add_argument("--variant", action="append", default=[], help="LABEL=METHOD [train.py args] (repeatable)")
+    parser.add_argument("--split", default=None, help="default: camvid 1_8, synthetic 1_16")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--upper_bound_seeds", default="0,1,2", help="seeds of SupOnly on --split=full ('' for none)")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--runs_dir", default=None, help="default: runs/benchmark/<dataset>")
+    parser.add_argument("--records", default=None, help="folder of finished runs' records and results.md (commit "
+                        "it); default: benchmarks/<dataset>")
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
+                        help="bf16: every run with --mixed_precision")
+    parser.add_argument("--no_reuse_teacher", action="store_true",
+                        help="ST / ST++ train their own teacher instead of taking the seed's SupOnly run")
+    parser.add_argument("--backbone", default=None, help="e.g. tiny for the from-scratch setting")
+    parser.add_argument("--set", action="append", default=[], help="name=value for every run (repeatable)")
+    parser.add_argument("--dry_run", action="store_true", help="list the runs to do, run nothing")
+    parser.add_argument("--table_only", action="store_true", help="rewrite the tables and the figure from finished runs")
+    args = parser.parse_args(argv)
+    defaults = DATASETS[args.dataset]
+    args.methods = registered_methods() if args.methods is None else [m for m in args.methods.split(",") if m]
+    args.split = args.split or defaults["split"]
+    args.data_dir = args.data_dir or defaults["data_dir"]
+    args.runs_dir = args.runs_dir or os.path.join(ROOT, "runs", "benchmark", args.dataset)
+    args.records = args.records or os.path.join(ROOT, "benchmarks", args.dataset)
+    return args
+
+
+def plan(args):
+    """[(label, method, split, seed, extra args)] in the order they run: the methods seed by seed,
+    the upper bound after the first seed, the variants last."""
+    variants = []
+    for spec in args.variant:
+        label, _, rest = spec.partition("=")
+        words = shlex.split(rest)
+        if not label or not words:
+            raise SystemExit(f"--variant={spec!r}: expected LABEL=METHOD [args]")
+        variants.append((label, words[0], words[1:]))
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    main = [[(m, m, args.split, seed, []) for m in args.methods] for seed in seeds]
+    upper = [("suponly", "suponly", "full", int(s), []) for s in args.upper_bound_seeds.split(",") if s]
+    runs = main[0] + upper if main else upper
+    for later in main[1:]:
+        runs += later
+    return runs + [(label, method, args.split, seed, extra) for seed in seeds for label, method, extra in variants]
+
+
+def run_dir(args, label, split, seed):
+    return os.path.join(args.runs_dir, f"{label}_{split}_seed{seed}")
+
+
+TEACHER_METHODS = ("st", "stpp")  # the drivers that take a SupOnly run as their teacher
+
+
+def command(args, method, split, seed, workdir, extra):
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--method={method}",
+           f"--dataset={args.dataset}", f"--split={split}", f"--seed={seed}", f"--workdir={workdir}", "--verbose=2"]
+    if args.data_dir:
+        cmd.append(f"--data_dir={args.data_dir}")
+    if args.precision == "bf16":
+        cmd.append("--mixed_precision")
+    if args.backbone:
+        cmd.append(f"--backbone={args.backbone}")
+    for item in args.set:
+        cmd += ["--set", item]
+    if method in TEACHER_METHODS and not args.no_reuse_teacher and "suponly" in args.methods:
+        cmd += ["--set", f"teacher={run_dir(args, 'suponly', split, seed)}"]
+    return cmd + list(extra)
+
+
+def portable(cmd, args):
+    """The command as a record keeps it: no machine paths (the runs folder as RUNS/, other paths
+    relative to the checkout)."""
+    def word(text):
+        flag, eq, value = text.rpartition("=") if text.startswith("--") or "=" in text else ("", "", text)
+        if os.path.isabs(value):
+            value = ("RUNS/" + os.path.relpath(value, args.runs_dir) if value.startswith(args.runs_dir + os.sep)
+                     else os.path.relpath(value, ROOT))
+        return f"{flag}{eq}{value}"
+
+    return " ".join(shlex.quote(word(c)) for c in cmd[1:])
+
+
+def record_path(args, label, split, seed):
+    return os.path.join(args.records, f"{label}_{split}_seed{seed}.json")
+
+
+HEARTBEAT_SECONDS = 60
+
+
+def execute(args, label, method, split, seed, extra):
+    """Run (or resume) one training run; when it has finished, write its record."""
+    workdir = run_dir(args, label, split, seed)
+    os.makedirs(workdir, exist_ok=True)
+    cmd = command(args, method, split, seed, workdir, extra)
+    attempts_path = os.path.join(workdir, "benchmark.json")
+    attempts = json.load(open(attempts_path)) if os.path.exists(attempts_path) else []
+    if not os.path.exists(os.path.join(workdir, "metrics.json")):
+        print(f"[{time.strftime('%H:%M:%S')}] {label} split={split} seed={seed}: {' '.join(cmd[1:])}", flush=True)
+        attempt = {"seconds": 0.0, "exit": None}  # `exit` stays None if this process is killed
+        attempts.append(attempt)
+        start = time.time()
+        with open(workdir + ".log", "a") as log:
+            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            code = None
+            while code is None:
+                try:
+                    code = process.wait(timeout=HEARTBEAT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
+                attempt.update(seconds=round(time.time() - start, 1), exit=code)
+                _write_json(attempts_path, attempts)
+        if code != 0:
+            print(f"  failed with exit {code}; see {workdir}.log", flush=True)
+            return code
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    _write_json(record_path(args, label, split, seed), {
+        "label": label, "method": method, "split": split, "seed": seed,
+        "command": portable(cmd, args),
+        "wall_seconds": round(sum(a["seconds"] for a in attempts), 1), "attempts": len(attempts), "metrics": metrics})
+    return 0
+
+
+def _write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def finished(args):
+    """{label: [(seed, metrics, wall seconds, attempts)]} of the runs that have a record."""
+    results = {}
+    for label, _method, split, seed, _extra in plan(args):
+        path = record_path(args, label, split, seed)
+        if os.path.exists(path):
+            record = json.load(open(path))
+            key = label if split == args.split else f"{label} ({split})"
+            results.setdefault(key, []).append(
+                (seed, record["metrics"], record["wall_seconds"], record["attempts"]))
+    return results
+
+
+def summary(results):
+    """{label: (mean, std or nan, seeds)} of val mIoU in %."""
+    out = {}
+    for label, runs in results.items():
+        mious = 100 * np.array([m["miou"] for _, m, _, _ in runs])
+        out[label] = (mious.mean(), np.std(mious, ddof=1) if len(mious) > 1 else float("nan"),
+                      [seed for seed, _, _, _ in runs])
+    return out
+
+
+def tables(args):
+    """The benchmark's markdown: mean +- std per method against SupOnly, then one row per run and the
+    mean per-class IoU."""
+    results = finished(args)
+    stats = summary(results)
+    base, full = stats.get("suponly"), stats.get("suponly (full)")
+    lines = [f"{args.dataset}, split {args.split}, val mIoU (%); records in `{os.path.relpath(args.records, ROOT)}`.",
+             "", "| method | split | val mIoU, mean +- std | seeds | vs SupOnly | gap closed | mean wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for label, runs in results.items():
+        mean, std, seeds = stats[label]
+        split = "full" if label.endswith("(full)") else args.split
+        delta = closed = "-"
+        if base and label != "suponly" and split == args.split:
+            delta = f"{mean - base[0]:+.2f}"
+            if full:
+                closed = f"{100 * (mean - base[0]) / (full[0] - base[0]):.0f} %"
+        std_text = "-" if np.isnan(std) else f"{std:.2f}"
+        lines.append(f"| {label.split(' (')[0]} | {split} | **{mean:.2f} +- {std_text}** | {','.join(map(str, seeds))} "
+                     f"| {delta} | {closed} | {np.mean([w for _, _, w, _ in runs]) / 60:.1f} min |")
+    lines += ["", "| method | seed | stages (val mIoU) | val mIoU | wall time |", "|---|---|---|---|---|"]
+    for label, runs in results.items():
+        for seed, metrics, wall, attempts in runs:
+            stages = [f"{name.split('_', 1)[0]}: {100 * s['miou']:.2f}"
+                      for name, s in metrics.get("stages", {}).items() if "miou" in s]
+            resumed = f" ({attempts} attempts)" if attempts > 1 else ""
+            lines.append(f"| {label} | {seed} | {', '.join(stages) or '-'} | {100 * metrics['miou']:.2f} "
+                         f"| {wall / 60:.1f} min{resumed} |")
+    if results:
+        classes = list(next(iter(results.values()))[0][1]["per_class_iou"])
+        lines += ["", "Mean per-class IoU (%)", "", f"| method | {' | '.join(classes)} |",
+                  f"|---|{'---|' * len(classes)}"]
+        for label, runs in results.items():
+            values = np.array([[np.nan if v is None else v for v in m["per_class_iou"].values()] for _, m, _, _ in runs])
+            lines.append(f"| {label} | " + " | ".join(f"{100 * v:.1f}" for v in np.nanmean(values, 0)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(args, path):
+    """Each method's val mIoU, one dot per seed, with lines at SupOnly on the split and on full labels.
+    Returns the path, or None without matplotlib (an optional extra of the benchmarks)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = finished(args)
+    stats = summary(results)
+    labels = [label for label in results if not label.endswith("(full)")]
+    if not labels:
+        return None
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 3.6))
+    for x, label in enumerate(labels):
+        mious = [100 * m["miou"] for _, m, _, _ in results[label]]
+        ax.scatter([x] * len(mious), mious, s=28, color="C0", zorder=3)
+        ax.plot([x - 0.25, x + 0.25], [np.mean(mious)] * 2, color="C0", lw=1.5)
+    for key, name, style in (("suponly", f"SupOnly {args.split}", "--"), ("suponly (full)", "SupOnly full labels", ":")):
+        if key in stats:
+            ax.axhline(stats[key][0], color="grey", ls=style, lw=1, label=f"{name}: {stats[key][0]:.1f}")
+    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title(f"{args.dataset} {args.split}: one dot per seed")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+    return path
+
+
+def write_tables(args):
+    out = os.path.join(args.records, "results.md")
+    os.makedirs(args.records, exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        f.write(tables(args))
+    os.replace(out + ".tmp", out)
+    figure(args, args.records.rstrip(os.sep) + ".png")
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.runs_dir, args.records = os.path.abspath(args.runs_dir), os.path.abspath(args.records)
+    args.data_dir = args.data_dir and os.path.normpath(args.data_dir)
+    todo = [r for r in plan(args) if not os.path.exists(record_path(args, r[0], r[2], r[3]))]
+    print(f"{len(plan(args)) - len(todo)} runs finished, {len(todo)} to do", flush=True)
+    if args.dry_run:
+        for label, method, split, seed, extra in todo:
+            print(" ", " ".join(command(args, method, split, seed, run_dir(args, label, split, seed), extra)[1:]))
+        return 0
+    failures = 0
+    if not args.table_only:
+        for label, method, split, seed, extra in todo:
+            failures += execute(args, label, method, split, seed, extra) != 0
+            write_tables(args)
+    print(f"tables: {write_tables(args)}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
