@@ -32,6 +32,7 @@ import types
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import tfsemiseg  # noqa: E402,F401  (before TensorFlow: oneDNN kernels, see tfsemiseg/__init__.py)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

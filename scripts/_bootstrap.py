@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfsemiseg  # noqa: E402,F401  (before TensorFlow: its CPU kernel choice, see tfsemiseg/__init__.py)
 
 
 def _start_tensorflow_quietly():

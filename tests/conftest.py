@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tfsemiseg  # noqa: E402,F401  (before TensorFlow, as the scripts: oneDNN kernels on every x86 CPU)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -18,14 +18,14 @@ def test_benchmark_runs_records_and_skips(camvid_tree, tmp_path, capsys):
     args = ["--methods=suponly", "--seeds=0,1", "--upper_bound_seeds=", f"--data_dir={camvid_tree}", "--split=1_4",
             f"--runs_dir={tmp_path / 'runs'}", f"--records={tmp_path / 'records'}", "--backbone=tiny",
             "--set", "iterations=2", "--set", "steps_per_epoch=2", "--set", "crop_size=16", "--set", "batch_size=2",
-            "--set", "image_scale=1"]
+            "--set", "image_scale=1", "--precision=fp32"]
     assert benchmark.main(args) == 0
     records = sorted(os.listdir(tmp_path / "records"))
     assert records == ["results.md", "suponly_1_4_seed0.json", "suponly_1_4_seed1.json"]
     record = json.load(open(tmp_path / "records" / "suponly_1_4_seed1.json"))
     assert record["seed"] == 1 and record["metrics"]["steps"] == 2 and record["wall_seconds"] > 0
     assert "--seed=1" in record["command"] and "--backbone=tiny" in record["command"]
-    assert "--mixed_precision" in record["command"]  # every benchmark run in bfloat16
+    assert "--mixed_precision" not in record["command"]
     assert not [w for w in record["command"].split() if w.split("=")[-1].startswith("/")]  # no machine paths
     assert "--workdir=RUNS/suponly_1_4_seed1" in record["command"]
     table = open(tmp_path / "records" / "results.md").read()
@@ -87,6 +87,24 @@ def test_every_registered_method_runs_and_self_training_reuses_the_seeds_supervi
         assert "--dataset=synthetic" in cmd and not any(c.startswith("--data_dir") for c in cmd)
         assert "RUNS/suponly_1_16_seed2" in benchmark.portable(cmd, args)
     assert not any("teacher" in c for c in benchmark.command(args, "alss", "1_16", 2, str(tmp_path), []))
+    assert "--mixed_precision" not in cmd  # the synthetic set in float32
+    camvid = benchmark.parse_args(["--dataset=camvid"])
+    assert camvid.split == "1_8" and "--mixed_precision" in benchmark.command(camvid, "alss", "1_8", 0, "w", [])
+
+
+def test_bfloat16_is_refused_on_a_cpu_that_emulates_it(tmp_path, monkeypatch, capsys):
+    from tfsemiseg import training
+
+    (tmp_path / "avx2").write_text("processor: 0\nflags\t\t: fpu sse avx2 fma\n")
+    (tmp_path / "bf16").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert training.native_bfloat16(str(tmp_path / "avx2")) is False
+    assert training.native_bfloat16(str(tmp_path / "bf16")) is True
+    assert training.native_bfloat16(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(training, "native_bfloat16", lambda: False)
+    code = benchmark.main(["--dataset=synthetic", "--precision=bf16", "--methods=suponly", "--upper_bound_seeds=",
+                           f"--runs_dir={tmp_path / 'runs'}", f"--records={tmp_path / 'records'}"])
+    assert code == 2 and "--precision=fp32" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_summary_table_compares_with_suponly_and_the_full_label_runs(tmp_path):

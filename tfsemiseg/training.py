@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 
 import keras
@@ -85,10 +86,29 @@ class SaveSegmenterAt(keras.callbacks.Callback):
             save_segmenter(self.model.segmenter, self.path(self.directory, step))
 
 
+def native_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU computes in bfloat16 (AVX-512 BF16 or AMX): True, False, or None when it
+    cannot be told (no /proc/cpuinfo). Without it oneDNN refuses bfloat16 ("supports DT_BFLOAT16
+    only on platforms with AVX-512") and TensorFlow emulates it: the CamVid step measured 15x
+    slower than in float32 on an AVX2 EPYC (benchmarks/RESULTS.md, "CPUs without AVX-512")."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def set_precision(mixed_precision):
-    """mixed_float16 on GPU, mixed_bfloat16 on CPU (float16 kernels are slow there)."""
+    """mixed_float16 on GPU, mixed_bfloat16 on CPU (float16 kernels are slow there). Warns when the
+    CPU has no bfloat16 arithmetic, where mixed precision is many times slower than float32."""
     if mixed_precision:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        policy = "mixed_float16" if gpu else "mixed_bfloat16"
+        if not gpu and native_bfloat16() is False:
+            print("warning: --mixed_precision: this CPU has no bfloat16 instructions (avx512_bf16 / amx_bf16), "
+                  "so TensorFlow emulates bfloat16, many times slower than float32. Drop --mixed_precision "
+                  "here.", file=sys.stderr, flush=True)
     else:
         policy = "float32"
     keras.mixed_precision.set_global_policy(policy)
