@@ -227,7 +227,8 @@ def tables(args):
     results = finished(args)
     stats = summary(results)
     base, full = stats.get("suponly"), stats.get("suponly (full)")
-    lines = [f"{args.dataset}, split {args.split}, val mIoU (%); records in `{os.path.relpath(args.records, ROOT)}`.",
+    where = os.path.join(os.path.basename(os.path.dirname(args.records)), os.path.basename(args.records))
+    lines = [f"{args.dataset}, split {args.split}, val mIoU (%); records in `{where}`.",
              "", "| method | split | val mIoU, mean +- std | seeds | vs SupOnly | gap closed | mean wall time |",
              "|---|---|---|---|---|---|---|"]
     for label, runs in results.items():
