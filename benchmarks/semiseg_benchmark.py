@@ -13,7 +13,8 @@ methods. A finished run leaves a small record, `<records>/<label>_<split>_seed<N
 metrics, command and wall time; paths in it relative to the checkout, `RUNS/` for the runs
 folder), meant to be committed: a run with a record is skipped, on this machine or a fresh one. An
 interrupted run resumes where train.py left it (its stages and backups), so the command can be
-stopped and run again. The wall time of every attempt is added up in `<run>/benchmark.json`,
+stopped and run again. The wall time of every attempt is added up in `<run>.attempts.json` (beside
+the run, which train.py keeps to its own files),
 which is brought up to date every minute while a run goes, so an attempt killed with this
 command (the end of a session, say) still counts.
 
@@ -163,7 +164,9 @@ def execute(args, label, method, split, seed, extra):
     workdir = run_dir(args, label, split, seed)
     os.makedirs(workdir, exist_ok=True)
     cmd = command(args, method, split, seed, workdir, extra)
-    attempts_path = os.path.join(workdir, "benchmark.json")
+    attempts_path = workdir + ".attempts.json"
+    if os.path.exists(os.path.join(workdir, "benchmark.json")):  # where earlier versions kept it
+        os.replace(os.path.join(workdir, "benchmark.json"), attempts_path)
     attempts = json.load(open(attempts_path)) if os.path.exists(attempts_path) else []
     if not os.path.exists(os.path.join(workdir, "metrics.json")):
         print(f"[{time.strftime('%H:%M:%S')}] {label} split={split} seed={seed}: {' '.join(cmd[1:])}", flush=True)

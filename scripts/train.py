@@ -10,6 +10,7 @@ Settings come from configs/ (the paper's, per dataset); flags and --set override
 """
 
 import json
+import signal
 import sys
 
 import _bootstrap  # noqa: F401
@@ -48,9 +49,15 @@ DIRECT = ("split", "data_dir", "workdir", "iterations", "batch_size", "seed", "b
           "backbone_weights", "eval_split", "mixed_precision", "jit_compile", "distribute", "deterministic")
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # a kill (SIGTERM) ends the run as Ctrl-C does, with its message
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    signal.signal(signal.SIGTERM, _terminated)
+    cfg = None
     try:
         cfg = configs.get_config(FLAGS.method, FLAGS.dataset, FLAGS.backbone)
         cfg = cfg.replace(**{k: FLAGS[k].value for k in DIRECT if FLAGS[k].value is not None})
@@ -61,6 +68,11 @@ def main(argv):
     except runner.RunFinished as finished:
         print(finished)
         return
+    except KeyboardInterrupt:
+        where = f" (--workdir={cfg.workdir})" if cfg is not None and cfg.workdir else ""
+        print(f"interrupted: run the same command to resume{where}; training continues from the last finished "
+              "epoch, finished stages are kept.", file=sys.stderr, flush=True)
+        sys.exit(130)
     except (DataError, ValueError, FileNotFoundError, TrainingDiverged, BackupError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps({k: metrics[k] for k in ("method", "dataset", "split", "steps", "train_images_per_sec")}))

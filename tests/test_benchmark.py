@@ -38,7 +38,7 @@ def test_benchmark_runs_records_and_skips(camvid_tree, tmp_path, capsys):
 
 
 def test_an_attempt_counts_while_it_runs(tmp_path, monkeypatch):
-    """benchmark.json is brought up to date while the run goes: an attempt whose benchmark process
+    """<run>.attempts.json is brought up to date while the run goes: an attempt whose benchmark process
     is killed (a session ending) keeps its time, and the next attempt adds to it."""
     import sys
     import threading
@@ -54,14 +54,15 @@ def test_an_attempt_counts_while_it_runs(tmp_path, monkeypatch):
     args = benchmark.parse_args([f"--runs_dir={tmp_path / 'runs'}", f"--records={tmp_path / 'records'}"])
     run = tmp_path / "runs" / "suponly_1_8_seed0"
     run.mkdir(parents=True)
-    (run / "benchmark.json").write_text(json.dumps([{"seconds": 100.0, "exit": None}]))  # a killed attempt
+    (run / "benchmark.json").write_text(json.dumps([{"seconds": 100.0, "exit": None}]))  # a killed attempt,
+    attempts_file = tmp_path / "runs" / "suponly_1_8_seed0.attempts.json"  # kept inside the run by earlier versions
     codes = []
     worker = threading.Thread(target=lambda: codes.append(benchmark.execute(args, "suponly", "suponly", "1_8", 0, [])))
     worker.start()
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
-            attempts = json.loads((run / "benchmark.json").read_text())
+            attempts = json.loads(attempts_file.read_text())
             if len(attempts) == 2 and attempts[1]["seconds"] > 0:
                 break
             time.sleep(0.02)
@@ -70,7 +71,8 @@ def test_an_attempt_counts_while_it_runs(tmp_path, monkeypatch):
         release.write_text("")
         worker.join(30)
     assert codes == [0]
-    attempts = json.loads((run / "benchmark.json").read_text())
+    attempts = json.loads(attempts_file.read_text())
+    assert not (run / "benchmark.json").exists()
     assert attempts[1]["exit"] == 0
     record = json.load(open(tmp_path / "records" / "suponly_1_8_seed0.json"))
     assert record["attempts"] == 2 and record["wall_seconds"] == round(100.0 + attempts[1]["seconds"], 1)

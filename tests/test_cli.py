@@ -49,8 +49,22 @@ def test_train_evaluate_rerun_and_overwrite_synthetic(tmp_path):
     assert json.load(open(os.path.join(workdir, "metrics.json"))) == metrics
     proc = run("train.py", "--method=suponly", f"--workdir={workdir}", *TINY, "--set", "lr=0.5")
     assert proc.returncode != 0 and "another configuration" in proc.stderr
+    with open(os.path.join(workdir, "notes.txt"), "w") as f:
+        f.write("mine")
     proc = run("train.py", "--method=suponly", f"--workdir={workdir}", *TINY, "--overwrite")
     assert proc.returncode == 0 and "val mIoU:" in proc.stdout
+    assert open(os.path.join(workdir, "notes.txt")).read() == "mine"  # only what the run wrote is replaced
+
+
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
+    photos = tmp_path / "d" / "photos"
+    photos.mkdir(parents=True)
+    (photos / "a.txt").write_text("x")
+    for extra in ([], ["--overwrite"]):
+        proc = run("train.py", "--method=suponly", f"--workdir={tmp_path / 'd'}", *TINY, *extra)
+        assert proc.returncode != 0 and "error: --workdir=" in proc.stderr and "photos" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert sorted(os.listdir(tmp_path / "d")) == ["photos"] and (photos / "a.txt").read_text() == "x"
 
 
 def test_voc_missing_says_where_to_put_it(tmp_path):
@@ -107,6 +121,9 @@ def test_a_diverged_run_exits_non_zero_and_names_the_loss(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--iterations=0"], "--iterations=0: must be a positive"),
     (["--iterations=-5"], "--iterations=-5: must be a positive"),
+    (["--iterations=25", "--set", "steps_per_epoch=10"], "--iterations=25: not a whole number of epochs of "
+     "steps_per_epoch=10 (the logging, checkpoint and resume cadence), so Keras would train 30 steps. Use 20 or "
+     "30, or --set steps_per_epoch=5."),
     (["--set", "steps_per_epoch=0"], "--set steps_per_epoch=0"),
     (["--set", "batch_size=0"], "--batch_size=0"),
     (["--set", "image_scale=0"], "--set image_scale=0"),
@@ -198,3 +215,40 @@ def test_deterministic_runs_and_a_killed_run_resumed_give_the_same_weights(tmp_p
     for a, b in zip(_final_weights(runs[0]), _final_weights(runs[1])):
         np.testing.assert_array_equal(a, b)
 
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_says_how_to_resume_without_a_traceback(tmp_path, signum):
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--workdir={workdir}",
+                             "--dataset=synthetic", "--iterations=400", "--set", "steps_per_epoch=2", "--set",
+                             "crop_size=32", "--set", "batch_size=2", "--verbose=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 300
+    while not (workdir / "backup").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: run the same command to resume" in err and "Traceback" not in err
+    assert not (workdir / "metrics.json").exists() and (workdir / "config.json").exists()
+
+
+def test_a_second_process_on_a_run_is_refused_and_names_the_first(tmp_path):
+    import fcntl
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(workdir / "run.lock", "w") as held:  # what a training train.py holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        proc = run("train.py", f"--workdir={workdir}", *TINY)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"error: --workdir={workdir} is in use by another train.py (process 4242)" in proc.stderr
+    assert sorted(os.listdir(workdir)) == ["run.lock"]  # nothing written
+    proc = run("train.py", f"--workdir={workdir}", *TINY)  # released (as when the first ends, even killed)
+    assert proc.returncode == 0, proc.stderr[-2000:]

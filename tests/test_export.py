@@ -141,3 +141,28 @@ def test_final_model_loads_in_a_fresh_process_after_importing_the_models_package
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("(1, 33, 47, 5)")
+
+
+def test_an_interrupted_export_leaves_no_version_for_serving_and_a_new_export_works(tmp_path, monkeypatch):
+    import keras
+
+    segmenter = build_segmenter("deeplabv2", "tiny", 3)
+    target = tmp_path / "camvid" / "1"
+    target.parent.mkdir()
+    archive_class = type(keras.export.ExportArchive())  # the backend's class the factory returns
+    original = archive_class.write_out
+
+    def killed_midway(self, path, **kwargs):
+        os.makedirs(os.path.join(path, "variables"))  # what an interrupted write left: an empty variables/
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(archive_class, "write_out", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_saved_model(segmenter, str(target))
+    assert os.listdir(target.parent) == []  # no version folder, no leftovers
+    monkeypatch.setattr(archive_class, "write_out", original)
+    export.export_saved_model(segmenter, str(target))
+    assert sorted(os.listdir(target.parent)) == ["1"] and (target / "saved_model.pb").exists()
+    # --overwrite replaces a version only once the new one is whole
+    export.export_saved_model(segmenter, str(target), overwrite=True)
+    assert sorted(os.listdir(target.parent)) == ["1"] and (target / "saved_model.pb").exists()

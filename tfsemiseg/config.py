@@ -11,6 +11,7 @@ method's, and `--set lambda_u=2 --method=alss` is an error instead of a silently
 
 import dataclasses
 import json
+import math
 
 
 def owned_by(default, *methods):
@@ -105,6 +106,13 @@ class Config:
             need(_whole(self, name) and getattr(self, name) >= 1, f"--{name}", "must be a positive whole number")
         for name in ("steps_per_epoch", "eval_batch_size", "crop_size"):
             need(_whole(self, name) and getattr(self, name) >= 1, f"--set {name}", "must be a positive whole number")
+        for flag, name in (("--iterations", "iterations"), ("--set student_iterations", "student_iterations")):
+            count, epoch = getattr(self, name), self.steps_per_epoch
+            if count > epoch and count % epoch:
+                low, high, divisor = count // epoch * epoch, -(-count // epoch) * epoch, math.gcd(count, epoch)
+                need(False, flag, f"not a whole number of epochs of steps_per_epoch={epoch} (the logging, checkpoint "
+                     f"and resume cadence), so Keras would train {high} steps. Use {low} or {high}, or "
+                     f"--set steps_per_epoch={divisor}.")
         need(self.image_scale > 0, "--set image_scale", "must be > 0 (1 keeps the images' size)")
         need(len(self.scale_range) == 2 and all(isinstance(v, (int, float)) for v in self.scale_range)
              and 0 < self.scale_range[0] <= self.scale_range[1], "--set scale_range",

@@ -12,6 +12,7 @@ image as it is and gets labels at its resolution. Signatures:
 """
 
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -35,7 +36,9 @@ def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
     """Write a SavedModel (TF Serving layout: put it under `<model_name>/<version>/`).
 
     Refuses to replace an existing non-empty directory unless `overwrite`: a served version is
-    never overwritten by accident.
+    never overwritten by accident. Written beside it (a hidden `.<version>.tmp-<pid>` folder, which
+    TF Serving ignores) and renamed into place, so an interrupted export leaves no half-written
+    version for TF Serving to load, and the next export is not refused.
     """
     if os.path.exists(path) and not os.path.isdir(path):
         raise ExportError(f"{path} is a file: --output names the SavedModel's directory, a version folder "
@@ -67,10 +70,22 @@ def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint("serve_pixels", serve_pixels)
     archive.add_endpoint("serve", serve)
+    path = os.path.normpath(path)
+    parent, name = os.path.split(path)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
     try:
-        archive.write_out(path, verbose=False)
+        archive.write_out(tmp, verbose=False)
+        if os.path.isdir(path) and os.listdir(path):  # --overwrite: the old version goes once the new is whole
+            old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)  # replaces an empty folder
     except tf.errors.OpError as err:  # e.g. a file where a folder of the path should be, no permission
         raise ExportError(f"Cannot write the SavedModel to {path}: {err.message.splitlines()[0]}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -21,6 +21,7 @@ methods (ST / ST++) keep one such layout per stage in `<workdir>/<stage>/`, Tens
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -29,7 +30,7 @@ import tensorflow as tf
 from tfsemiseg.config import Config
 from tfsemiseg.data import build_dataset
 from tfsemiseg.methods import SegmentationMethod, get_method
-from tfsemiseg.training import (atomic_write, evaluate_model, fit_stage, make_strategy, set_precision,
+from tfsemiseg.training import (atomic_write, evaluate_model, fit_stage, make_strategy, run_lock, set_precision,
                                 worker_workdir)
 
 
@@ -47,7 +48,7 @@ class RunFinished(ValueError):
 
 
 # What a start writes before training: records, not training state.
-RECORDS = ("config.json", "logs", "data_verified.json", "training_data.json")
+RECORDS = ("config.json", "logs", "data_verified.json", "training_data.json", "run.lock")
 
 
 def _has_state(workdir):
@@ -109,14 +110,38 @@ def _check_training_data(cfg, dataset, input_files):
     atomic_write(path, json.dumps(record, indent=2))
 
 
+# What a run writes at the top of its workdir (stage directories `<n>_<name>` of ST / ST++ too):
+# --overwrite deletes these and nothing else.
+RUN_NAMES = ("config.json", "training_data.json", "data_verified.json", "backup", "checkpoints", "logs", "final",
+             "snapshots", "metrics.json", "workers", "run.lock")
+_RUN_PATTERN = re.compile(r"^(\d+_[a-z_]+(\.tmp)?|metrics_[\w.-]+\.json|.*\.tmp)$")
+
+
+def _written_by_run(name):
+    return name in RUN_NAMES or bool(_RUN_PATTERN.match(name))
+
+
+def _check_workdir(workdir):
+    """A workdir is new, empty or a run's: refuse a folder of other files (a run there would mix
+    its files with them, and --overwrite would have deleted them)."""
+    if not os.path.isdir(workdir) or os.path.exists(os.path.join(workdir, "config.json")):
+        return
+    foreign = sorted(name for name in os.listdir(workdir) if not _written_by_run(name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(f"--workdir={workdir} holds files that no run wrote ({shown}). A run needs a new or "
+                         f"empty folder, or its own: pass e.g. --workdir={os.path.join(workdir, 'run')}.")
+
+
 def _remove_run(workdir):
-    """--overwrite: delete a run directory, except the other workers' `workers/` in it (each
-    multi-worker process deletes its own, and may already be writing it)."""
+    """--overwrite: delete what a run wrote in its directory (`RUN_NAMES`, stage directories),
+    leaving any other file, and the other workers' `workers/` (each multi-worker process deletes
+    its own, and may already be writing it)."""
     if not os.path.isdir(workdir):
         return
     for name in os.listdir(workdir):
         path = os.path.join(workdir, name)
-        if name != "workers":
+        if name not in ("workers", "run.lock") and _written_by_run(name):
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
@@ -125,8 +150,9 @@ def train(cfg, verbose=1, overwrite=False):
 
     A method is either a `SegmentationMethod` (one `fit`) or a driver of several stages
     (ST / ST++, with a `run` classmethod) that writes its stages under the same workdir.
-    A finished run is not trained again unless `overwrite`, which first deletes what the workdir
-    holds (except `workers/`, the other multi-worker processes' own directories). A resumed run
+    A finished run is not trained again unless `overwrite`, which first deletes what the run wrote
+    in the workdir (nothing else; not `workers/`, the other multi-worker processes' own
+    directories). A folder of other files, without a run, is refused. A resumed run
     does not decode its data files again when they are unchanged (`data_verified.json`).
     """
     cfg.validate()
@@ -134,6 +160,12 @@ def train(cfg, verbose=1, overwrite=False):
     # and it tells where this process writes (the chief: the workdir; the others: their own).
     strategy = make_strategy(cfg.distribute)
     cfg = cfg.replace(workdir=worker_workdir(cfg.workdir, strategy))
+    _check_workdir(cfg.workdir)
+    with run_lock(cfg.workdir):  # one process a run: a second one is refused before it writes
+        return _train(cfg, strategy, verbose, overwrite)
+
+
+def _train(cfg, strategy, verbose, overwrite):
     if overwrite:
         _remove_run(cfg.workdir)
     if os.path.isdir(cfg.workdir):

@@ -14,6 +14,7 @@ leaves a half-written checkpoint, metrics file or output directory.
 """
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -44,6 +45,35 @@ def atomic_dir(path):
     os.makedirs(tmp)
     yield tmp
     os.replace(tmp, path)
+
+
+class RunInUse(ValueError):
+    """Another process trains in this workdir."""
+
+
+@contextlib.contextmanager
+def run_lock(workdir):
+    """Hold `<workdir>/run.lock` (an exclusive `flock`, released by the OS however the process ends)
+    while a run trains; a second process on the same workdir is refused with the holder's pid."""
+    os.makedirs(workdir, exist_ok=True)
+    handle = open(os.path.join(workdir, "run.lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunInUse(f"--workdir={workdir} is in use by another train.py (process {holder}). Wait for it to "
+                       "finish or stop it, or pass another --workdir.") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def save_segmenter(segmenter, path):

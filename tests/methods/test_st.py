@@ -113,8 +113,9 @@ def test_cpu_settings_train_students_the_papers_epochs_relative_to_the_teacher(t
     dataset = build_dataset("synthetic", split="1_16")  # 32 labeled (x 7 = 224 a teacher epoch), 480 unlabeled
     driver = SelfTrainingPlus(cfg, dataset, tf.distribute.get_strategy(), verbose=0)
     assert driver.stage_config("1_teacher", 0).iterations == cfg.iterations == 3000
-    assert driver.stage_config("4_student_reliable", 240).iterations == round(3000 * (32 * 8 + 240) / 224)
-    assert driver.stage_config("6_student", 480).iterations == round(3000 * (32 * 15 + 480) / 224)
+    # 3000 x 496 / 224 = 6643 and 3000 x 960 / 224 = 12857, rounded up to whole epochs of 500 steps
+    assert driver.stage_config("4_student_reliable", 240).iterations == 7000
+    assert driver.stage_config("6_student", 480).iterations == 13000
     fixed = SelfTraining(cfg.replace(student_iterations=500), dataset, tf.distribute.get_strategy(), verbose=0)
     assert fixed.stage_config("3_student", 480).iterations == 500
 

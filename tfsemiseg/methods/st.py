@@ -147,7 +147,8 @@ class SelfTraining:
         own image list (labeled ids x ceil(U / L) + the U pseudo-labeled ids for a student; fewer than
         200 labeled ids repeated to 200 or more, as in the official code). Else the teacher trains
         `iterations` and a student `student_iterations` or, by default, as many epochs over its list as
-        the teacher over its own: iterations x |student list| / |teacher list|."""
+        the teacher over its own: iterations x |student list| / |teacher list|, rounded up to whole
+        `steps_per_epoch`."""
         cfg = self.cfg
         teacher_images, student_images = self.list_size(0), self.list_size(num_pseudo)
         if cfg.stage_epochs:
@@ -155,8 +156,10 @@ class SelfTraining:
             return cfg.replace(iterations=cfg.stage_epochs * steps, steps_per_epoch=steps)
         if not num_pseudo:
             return cfg
-        return cfg.replace(iterations=cfg.student_iterations
-                           or round(cfg.iterations * student_images / teacher_images))
+        if cfg.student_iterations:
+            return cfg.replace(iterations=cfg.student_iterations)
+        epochs = math.ceil(cfg.iterations * student_images / teacher_images / cfg.steps_per_epoch)
+        return cfg.replace(iterations=epochs * cfg.steps_per_epoch)  # whole logging epochs
 
     def list_size(self, num_pseudo):
         """The images of one epoch of a stage: the official code's training list."""
