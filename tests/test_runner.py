@@ -139,6 +139,27 @@ def test_a_damaged_backup_falls_back_to_the_previous_epoch(tmp_path, monkeypatch
     assert epochs_run == [1, 2]  # the previous backup (after epoch 1) was used
 
 
+def test_a_backup_damaged_mid_file_is_detected_and_the_previous_epoch_resumed(tmp_path, monkeypatch, capsys):
+    """Regression: zeros written inside the weights file (h5py still opens it) failed every rerun with
+    'wrong B-tree signature', or restarted at epoch 1 without a word, the intact `.bkp` unused."""
+    cfg = _interrupted_run(tmp_path, monkeypatch, 2)
+    latest = os.path.join(cfg.workdir, "backup", "latest.weights.h5")
+    size = os.path.getsize(latest)
+    with open(latest, "r+b") as f:  # dd if=/dev/zero of=latest bs=1 seek=4096 count=4096 conv=notrunc
+        f.seek(4096)
+        f.write(bytes(4096))
+    assert os.path.getsize(latest) == size
+    from tfsemiseg.callbacks import Backup
+    assert Backup.intact(os.path.dirname(latest)) == "previous" and Backup.resumed_epoch(os.path.dirname(latest)) == 1
+    epochs_run = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch))
+    monkeypatch.setattr(SupOnly, "extra_callbacks", staticmethod(lambda *a: [record]))
+    capsys.readouterr()
+    assert runner.train(cfg, verbose=0)["steps"] == 9
+    assert epochs_run == [1, 2]  # resumed after epoch 1, from the intact previous backup
+    assert f"warning: {latest} is damaged" in capsys.readouterr().err
+
+
 def test_a_damaged_backup_without_a_previous_one_is_named(tmp_path, monkeypatch):
     from tfsemiseg.callbacks import BackupError
 

@@ -1,11 +1,13 @@
 """Callbacks that Keras does not already provide."""
 
+import hashlib
 import json
 import math
 import os
+import shutil
+import sys
 import time
 
-import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -82,12 +84,12 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             "--workdir, or rerun to retry from that state.")
 
 
-def _readable_h5(path):
-    try:
-        with h5py.File(path, "r"):
-            return True
-    except OSError:
-        return False
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class BackupError(RuntimeError):
@@ -97,25 +99,70 @@ class BackupError(RuntimeError):
 class Backup(keras.callbacks.BackupAndRestore):
     """Keras' BackupAndRestore, kept until the run's outputs exist, and safe against a damaged backup.
 
-    `double_checkpoint` keeps the previous epoch's backup (`*.bkp`); Keras falls back to it when the
-    latest weights cannot be read (a kill while h5py was writing them). What Keras would otherwise
-    do silently is refused with the file's name: weights that are missing while the metadata says
-    epochs were trained (resuming from random weights), or damaged with no earlier backup.
+    `double_checkpoint` keeps the previous epoch's backup (`*.bkp`). Every saved weights file's
+    SHA-256 goes to `checksums.json` (this epoch's and the previous one's), so a file damaged
+    anywhere, even mid-file where h5py still opens it, is found before it is loaded: the run then
+    resumes from the previous epoch's backup and says so, or, with none intact, stops naming the
+    files. Also refused with the file's name: weights that are missing while the metadata says
+    epochs were trained (resuming from random weights).
     """
+
+    CHECKSUMS = "checksums.json"
 
     def __init__(self, backup_dir):
         super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
 
     @staticmethod
+    def intact(backup_dir):
+        """Which weights a resume can use: "latest", "previous" (`*.bkp`, the latest being damaged),
+        or None when neither matches a recorded checksum. Backups without checksums (earlier
+        versions) count as intact."""
+        weights = os.path.join(backup_dir, "latest.weights.h5")
+        try:
+            known = json.load(open(os.path.join(backup_dir, Backup.CHECKSUMS)))
+        except (OSError, ValueError):
+            return "latest"
+        if os.path.exists(weights) and _sha256(weights) in known:
+            return "latest"
+        if os.path.exists(weights + ".bkp") and _sha256(weights + ".bkp") in known:
+            return "previous"
+        return None if os.path.exists(weights) or os.path.exists(weights + ".bkp") else "latest"
+
+    @staticmethod
     def resumed_epoch(backup_dir):
         """The number of finished epochs a resumed fit starts after (0 for a new run): the backup's,
-        or, when its weights cannot be read and Keras falls back to the previous epoch's (`*.bkp`),
-        that one's, as `on_train_begin` will."""
+        or, when its weights are damaged, the previous epoch's (`*.bkp`), as `on_train_begin` will."""
         metadata = os.path.join(backup_dir, "training_metadata.json")
-        weights = os.path.join(backup_dir, "latest.weights.h5")
-        if os.path.exists(weights) and os.path.exists(weights + ".bkp") and not _readable_h5(weights):
+        if Backup.intact(backup_dir) == "previous":
             metadata += ".bkp"
         return json.load(open(metadata))["epoch"] if os.path.exists(metadata) else 0
+
+    def _write_checksums(self):
+        """After the weights are written: the SHA-256 of this epoch's and the previous epoch's files."""
+        path = os.path.join(self.backup_dir, self.CHECKSUMS)
+        known = {_sha256(self._weights_path): self._current_epoch}
+        if os.path.exists(self._prev_weights_path):
+            known[_sha256(self._prev_weights_path)] = self._current_epoch - 1
+        with open(path + ".tmp", "w") as f:
+            json.dump(known, f)
+        os.replace(path + ".tmp", path)
+
+    def _check_weights(self):
+        """Fall back to the previous epoch's backup when the latest weights are damaged (and say so);
+        stop, naming the files, when neither is intact."""
+        weights, previous = self._weights_path, self._prev_weights_path
+        verdict = self.intact(self.backup_dir)
+        if verdict == "previous" and os.path.exists(self._prev_training_metadata_path):
+            print(f"warning: {weights} is damaged (its checksum does not match the one recorded when it was "
+                  f"written); resuming from the previous epoch's backup, {previous}.", file=sys.stderr, flush=True)
+            shutil.copyfile(previous, weights)
+            shutil.copyfile(self._prev_training_metadata_path, self._training_metadata_path)
+        elif verdict != "latest":
+            earlier = (f"the previous epoch's {previous} is damaged too" if os.path.exists(previous)
+                       else "there is no earlier backup to fall back to")
+            raise BackupError(f"{weights} cannot be read: damaged (its checksum does not match "
+                              f"{os.path.join(self.backup_dir, self.CHECKSUMS)}), and {earlier}. "
+                              f"Delete {self.backup_dir} to start the run over.")
 
     def on_train_begin(self, logs=None):
         weights = self._weights_path
@@ -124,6 +171,7 @@ class Backup(keras.callbacks.BackupAndRestore):
             raise BackupError(f"{weights} is missing, but {self._training_metadata_path} says "
                               f"{self.resumed_epoch(self.backup_dir)} epoch(s) were trained: resuming would start "
                               f"from random weights. Restore the file, or delete {self.backup_dir} to start over.")
+        self._check_weights()
         try:
             super().on_train_begin(logs)
         except OSError as err:
@@ -152,6 +200,7 @@ class Backup(keras.callbacks.BackupAndRestore):
             np.savez(f, *[keras.ops.convert_to_numpy(v) for v in self._random_state_variables()])
         os.replace(path + ".tmp", path)
         super()._save_model()
+        self._write_checksums()
         for name in os.listdir(self.backup_dir):  # keep this epoch's and the previous one's
             if name.startswith("random_states_epoch") and name not in (
                     os.path.basename(path), os.path.basename(self._random_states_path(epoch - 1))):
