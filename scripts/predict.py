@@ -1,6 +1,7 @@
 """Predict label maps for image files with the final model of a run.
 
     python scripts/predict.py --workdir=runs/suponly_camvid_1_8 --output_dir=preds ../shared/data/camvid/val/*.png
+    python scripts/predict.py --workdir=runs/suponly_camvid_1_8 --output_dir=preds ../shared/data/camvid/val
 
 Writes `<output_dir>/<image name>.png` at each image's size, with the run's preprocessing (the
 same labels as the exported SavedModel). An unreadable image is named and skipped; the exit
@@ -13,6 +14,7 @@ import _bootstrap  # noqa: F401
 from absl import app, flags
 
 from tfsemiseg import export, runner
+from tfsemiseg.training import disk_full, disk_full_message
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "directory of a finished train.py run", required=True)
@@ -25,9 +27,10 @@ def main(argv):
         raise app.UsageError("Give one or more image files.")
     try:
         cfg, segmenter = runner.load_run(FLAGS.workdir)
-        written, failed = export.predict_files(segmenter, argv[1:], FLAGS.output_dir, FLAGS.colour, cfg.image_scale)
-    except (FileNotFoundError, OSError, export.ExportError) as err:
-        sys.exit(f"error: {err}")
+        written, failed = export.predict_files(segmenter, export.image_files(argv[1:]), FLAGS.output_dir,
+                                               FLAGS.colour, cfg.image_scale)
+    except (FileNotFoundError, OSError, ValueError, export.ExportError) as err:
+        sys.exit(f"error: {disk_full_message(err) if disk_full(err) else err}")
     print(f"{len(written)} prediction(s) written to {FLAGS.output_dir}")
     for path, reason in failed:
         print(f"error: cannot read {path} ({reason}); skipped", file=sys.stderr)

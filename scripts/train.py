@@ -15,11 +15,13 @@ import sys
 
 import _bootstrap  # noqa: F401
 from absl import app, flags
+from tensorflow import errors as tf_errors
 
 import configs
 from tfsemiseg import runner
 from tfsemiseg.callbacks import BackupError, TrainingDiverged
 from tfsemiseg.data import DataError
+from tfsemiseg.training import disk_full, disk_full_message
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("method", "suponly", "suponly | alss | st | stpp")
@@ -74,7 +76,11 @@ def main(argv):
               "epoch, finished stages are kept.", file=sys.stderr, flush=True)
         sys.exit(130)
     except (DataError, ValueError, FileNotFoundError, TrainingDiverged, BackupError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {disk_full_message(err) if disk_full(err) else err}")
+    except (OSError, RuntimeError, tf_errors.OpError) as err:
+        if not disk_full(err):
+            raise
+        sys.exit(f"error: {disk_full_message(err)}")
     print(json.dumps({k: metrics[k] for k in ("method", "dataset", "split", "steps", "train_images_per_sec")}))
     for stage, result in metrics.get("stages", {}).items():  # ST / ST++
         seconds = result.get("train_seconds", result.get("seconds"))

@@ -55,6 +55,16 @@ def test_train_evaluate_rerun_and_overwrite_synthetic(tmp_path):
     assert proc.returncode == 0 and "val mIoU:" in proc.stdout
     assert open(os.path.join(workdir, "notes.txt")).read() == "mine"  # only what the run wrote is replaced
 
+    # A damaged final model is named by every command that reads it (no "file not found", no traceback).
+    model = os.path.join(workdir, "final", "segmenter.keras")
+    with open(model, "r+b") as f:
+        f.truncate(os.path.getsize(model) // 2)
+    for script, extra in (("train.py", ["--method=suponly", *TINY]), ("evaluate.py", []), ("export.py", []),
+                          ("predict.py", [os.path.join(ROOT, "tests", "__init__.py")])):
+        proc = run(script, f"--workdir={workdir}", *extra)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, (script, proc.stderr[-2000:])
+        assert f"{model} is missing or damaged" in proc.stderr or f"{model} cannot be read" in proc.stderr, script
+
 
 def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
     photos = tmp_path / "d" / "photos"
@@ -252,3 +262,28 @@ def test_a_second_process_on_a_run_is_refused_and_names_the_first(tmp_path):
     assert sorted(os.listdir(workdir)) == ["run.lock"]  # nothing written
     proc = run("train.py", f"--workdir={workdir}", *TINY)  # released (as when the first ends, even killed)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_full_disk_is_named_in_one_line_and_the_run_resumes(tmp_path):
+    """An OSError(ENOSPC) where the final model is written (as from a full disk): one error line naming
+    the path; the last finished epoch's backup is kept, so the same command then finishes the run."""
+    workdir = tmp_path / "run"
+    inject = ("import errno, runpy, sys\n"
+              f"sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r})\n"
+              "import _bootstrap\n"
+              "from tfsemiseg import training\n"
+              "original = training.save_segmenter\n"
+              "def full(segmenter, path):\n"
+              "    if 'final' not in path:\n"
+              "        return original(segmenter, path)\n"
+              "    raise OSError(errno.ENOSPC, 'No space left on device', path)\n"
+              "training.save_segmenter = full\n"
+              f"sys.argv = ['train.py', '--workdir={workdir}'] + {TINY!r}\n"
+              f"runpy.run_path({os.path.join(ROOT, 'scripts', 'train.py')!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", inject], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode not in (0, 139) and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    final = os.path.join(workdir, "final", "segmenter.keras")
+    assert f"error: the disk is full (writing {final})" in proc.stderr and "run the same command" in proc.stderr
+    assert (workdir / "backup").exists() and not (workdir / "metrics.json").exists()
+    proc = run("train.py", f"--workdir={workdir}", *TINY)
+    assert proc.returncode == 0 and "val mIoU:" in proc.stdout, proc.stderr[-2000:]

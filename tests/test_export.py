@@ -166,3 +166,18 @@ def test_an_interrupted_export_leaves_no_version_for_serving_and_a_new_export_wo
     # --overwrite replaces a version only once the new one is whole
     export.export_saved_model(segmenter, str(target), overwrite=True)
     assert sorted(os.listdir(target.parent)) == ["1"] and (target / "saved_model.pb").exists()
+
+
+def test_predict_takes_the_images_of_a_folder_and_refuses_one_without(run_dir, tmp_path):
+    """Regression: `predict.py DIR` ended in a FailedPreconditionError traceback."""
+    folder = tmp_path / "images"
+    for name in ("b.png", "a.jpg"):
+        write_image(str(folder / name), 20, 24)
+    (folder / "notes.txt").write_text("not an image")
+    proc = script("predict.py", f"--workdir={run_dir}", f"--output_dir={tmp_path / 'out'}", str(folder))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "b.png"]
+    (tmp_path / "empty").mkdir()
+    proc = script("predict.py", f"--workdir={run_dir}", f"--output_dir={tmp_path / 'out2'}", str(tmp_path / "empty"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"error: {tmp_path / 'empty'} is a folder without images" in proc.stderr

@@ -110,6 +110,25 @@ def output_names(image_paths):
     return [name + ".png" for name in names]
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def image_files(paths):
+    """The files to predict: each file as given, and each folder's images (sorted by name)."""
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = sorted(os.path.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, name)))
+        if not found:
+            raise ExportError(f"{path} is a folder without images ({', '.join(IMAGE_EXTENSIONS)}): give image "
+                              "files, or a folder that holds some.")
+        files += found
+    return files
+
+
 def predict_files(segmenter, image_paths, output_dir, colour=True, image_scale=1.0):
     """Predict each whole image and write `<output_dir>/<stem>.png` (class indices, or VOC colours).
 

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -172,7 +173,15 @@ def _train(cfg, strategy, verbose, overwrite):
         _check_resume(cfg)
     metrics_path = os.path.join(cfg.workdir, "metrics.json")
     if os.path.exists(metrics_path):
-        miou = json.load(open(metrics_path)).get("miou")
+        model_path = os.path.join(cfg.workdir, "final", "segmenter.keras")
+        if _model_damaged(model_path):
+            raise ValueError(f"{cfg.workdir} holds a finished run whose model {model_path} is missing or damaged. "
+                             "Restore it, or pass --overwrite to train the run again.")
+        try:
+            miou = json.load(open(metrics_path)).get("miou")
+        except ValueError:
+            raise ValueError(f"{metrics_path} cannot be read: it is damaged. Evaluate the run again with "
+                             f"python scripts/evaluate.py --workdir={cfg.workdir}, or pass --overwrite.") from None
         raise RunFinished(f"{cfg.workdir} holds a finished run (val mIoU {100 * miou:.2f}). Evaluate it with "
                           f"python scripts/evaluate.py --workdir={cfg.workdir}, or pass --overwrite to train it "
                           "again from scratch.")
@@ -205,10 +214,36 @@ def load_run(workdir, data_dir=None):
     for path in (config_path, model_path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: --workdir must be the directory of a finished train.py run.")
-    cfg = Config.from_json(open(config_path).read())
+    try:
+        cfg = Config.from_json(open(config_path).read())
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{config_path} cannot be read ({err}): it is damaged. Restore it, or train the run "
+                         "again with --overwrite.") from None
     if data_dir:
         cfg = cfg.replace(data_dir=data_dir)
-    return cfg, keras.saving.load_model(model_path)
+    try:
+        segmenter = keras.saving.load_model(model_path)
+    except Exception as err:  # keras raises ValueError, OSError, zipfile and h5py errors for a damaged file
+        raise DamagedFile(model_path, err) from None
+    return cfg, segmenter
+
+
+class DamagedFile(ValueError):
+    """A file a run wrote cannot be read; the message names it and what to do."""
+
+    def __init__(self, path, err):
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        super().__init__(f"{path} cannot be read ({reason[:200]}): it is damaged. Restore it from a copy, or "
+                         "train the run again: python scripts/train.py <the run's flags> --overwrite.")
+
+
+def _model_damaged(path):
+    """Whether a .keras file (a zip archive) is missing, truncated or corrupt, without loading it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is not None
+    except (OSError, zipfile.BadZipFile):
+        return True
 
 
 def evaluate(workdir, data_dir=None, eval_split=None):

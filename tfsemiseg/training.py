@@ -14,6 +14,7 @@ leaves a half-written checkpoint, metrics file or output directory.
 """
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -45,6 +46,17 @@ def atomic_dir(path):
     os.makedirs(tmp)
     yield tmp
     os.replace(tmp, path)
+
+
+def disk_full(err):
+    """Whether an error (from Python, h5py or TensorFlow) is a full disk."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+
+
+def disk_full_message(err):
+    where = getattr(err, "filename", None)
+    return (f"the disk is full{f' (writing {where})' if where else ''}: {str(err).splitlines()[0][:200]}. "
+            "Free some space, then run the same command again: the last finished epoch is kept.")
 
 
 class RunInUse(ValueError):
