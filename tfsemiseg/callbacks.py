@@ -38,7 +38,8 @@ class Throughput(keras.callbacks.Callback):
 
     @property
     def images_per_sec(self):
-        return self.steps * self.images_per_step / self.seconds if self.seconds else 0.0
+        """None when no step was timed (a resumed fit that had only its final evaluation left)."""
+        return self.steps * self.images_per_step / self.seconds if self.seconds else None
 
 
 class TrainingDiverged(RuntimeError):

@@ -5,8 +5,11 @@ A run directory (`workdir`) holds:
     config.json              the full configuration of the run
     training_data.json       what it trains on (a resume on another split or labels file is refused)
     data_verified.json       the data files' check that passed (not repeated while they are unchanged)
-    backup/                  BackupAndRestore state: rerunning resumes (removed once metrics.json exists)
+    run.lock                 held (flock) while a process trains here; a second one is refused
+    backup/                  BackupAndRestore state with checksums: rerunning resumes (removed once
+                             metrics.json exists)
     checkpoints/             weights after every epoch (`ckpt.weights.h5`)
+    snapshots/               SupOnly: the segmenter at 1/3 and 2/3 of training (ST++'s teacher snapshots)
     logs/                    TensorBoard
     final/segmenter.keras    the trained segmenter (raw RGB in, logits out)
     metrics.json             miou, per_class_iou, method, dataset, split, steps, train_images_per_sec

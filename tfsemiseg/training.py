@@ -244,7 +244,8 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
     save_segmenter(model.segmenter, os.path.join(stage_dir, "final", "segmenter.keras"))
     metrics = {
         "method": cfg.method, "dataset": cfg.dataset, "split": cfg.split, "steps": epochs * steps_per_epoch,
-        "train_images_per_sec": round(throughput.images_per_sec, 2), "train_seconds": round(train_seconds, 1),
+        "train_images_per_sec": throughput.images_per_sec and round(throughput.images_per_sec, 2),
+        "train_seconds": round(train_seconds, 1),
         **evaluate_model(model, dataset, cfg, cfg.eval_split),
     }
     atomic_write(os.path.join(stage_dir, "metrics.json"), json.dumps(metrics, indent=2))
