@@ -21,16 +21,18 @@ import configs
 from tfsemiseg import runner
 from tfsemiseg.callbacks import BackupError, TrainingDiverged
 from tfsemiseg.data import DataError
+from tfsemiseg.methods import METHODS
 from tfsemiseg.training import disk_full, disk_full_message
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("method", "suponly", "suponly | alss | st | stpp")
+flags.DEFINE_string("method", "suponly", " | ".join(METHODS))
 flags.DEFINE_string("dataset", "voc", "voc | cityscapes | camvid | folder | synthetic")
 flags.DEFINE_string("split", None, "1464, 1_16, 1_8, 1_4, 1_2, full, a number, or a directory with labeled.txt")
 flags.DEFINE_string("data_dir", None, "dataset root (default: ./data/<dataset> or $TFSEMISEG_DATA)")
 flags.DEFINE_string("workdir", None, "run directory (default: runs/<method>_<dataset>_<split>)")
 flags.DEFINE_multi_string("set", [], "override any config field: --set name=value (repeatable)")
-flags.DEFINE_integer("iterations", None, "training iterations")
+flags.DEFINE_integer("iterations", None, "training iterations (ST / ST++: the teacher's; each student trains as many "
+                     "epochs over its labeled + pseudo-labeled list, or --set student_iterations=N)")
 flags.DEFINE_integer("batch_size", None, "global batch size")
 flags.DEFINE_integer("seed", None, "random seed (split draw, shuffling, initialisation)")
 flags.DEFINE_string("backbone", None, "resnet101 | resnet50 | efficientnet_lite0 | _lite1 | _lite2 | small | tiny "

@@ -116,6 +116,8 @@ def test_cpu_settings_train_students_the_papers_epochs_relative_to_the_teacher(t
     # 3000 x 496 / 224 = 6643 and 3000 x 960 / 224 = 12857, rounded up to whole epochs of 500 steps
     assert driver.stage_config("4_student_reliable", 240).iterations == 7000
     assert driver.stage_config("6_student", 480).iterations == 13000
+    short = SelfTrainingPlus(cfg.replace(iterations=20), dataset, tf.distribute.get_strategy(), verbose=0)
+    assert short.stage_config("6_student", 480).iterations == 86  # --iterations reaches the students too
     fixed = SelfTraining(cfg.replace(student_iterations=500), dataset, tf.distribute.get_strategy(), verbose=0)
     assert fixed.stage_config("3_student", 480).iterations == 500
 

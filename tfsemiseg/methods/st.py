@@ -148,7 +148,7 @@ class SelfTraining:
         200 labeled ids repeated to 200 or more, as in the official code). Else the teacher trains
         `iterations` and a student `student_iterations` or, by default, as many epochs over its list as
         the teacher over its own: iterations x |student list| / |teacher list|, rounded up to whole
-        `steps_per_epoch`."""
+        `steps_per_epoch` (so `--iterations` sets every stage's length)."""
         cfg = self.cfg
         teacher_images, student_images = self.list_size(0), self.list_size(num_pseudo)
         if cfg.stage_epochs:
@@ -158,8 +158,10 @@ class SelfTraining:
             return cfg
         if cfg.student_iterations:
             return cfg.replace(iterations=cfg.student_iterations)
-        epochs = math.ceil(cfg.iterations * student_images / teacher_images / cfg.steps_per_epoch)
-        return cfg.replace(iterations=epochs * cfg.steps_per_epoch)  # whole logging epochs
+        iterations = math.ceil(cfg.iterations * student_images / teacher_images)
+        if iterations > cfg.steps_per_epoch:  # whole logging epochs
+            iterations = math.ceil(iterations / cfg.steps_per_epoch) * cfg.steps_per_epoch
+        return cfg.replace(iterations=iterations)
 
     def list_size(self, num_pseudo):
         """The images of one epoch of a stage: the official code's training list."""
