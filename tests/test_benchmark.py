@@ -62,7 +62,7 @@ def test_an_attempt_counts_while_it_runs(tmp_path, monkeypatch):
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
-            attempts = json.loads(attempts_file.read_text())
+            attempts = json.loads(attempts_file.read_text()) if attempts_file.exists() else []
             if len(attempts) == 2 and attempts[1]["seconds"] > 0:
                 break
             time.sleep(0.02)

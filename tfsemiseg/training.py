@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfsemiseg import callbacks as callbacks_lib
 from tfsemiseg.data import eval_stream, explain_data_errors
+from tfsemiseg.models.convolution import cpu_bfloat16
 
 
 def atomic_write(path, text):
@@ -129,16 +130,11 @@ class SaveSegmenterAt(keras.callbacks.Callback):
 
 
 def native_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """Whether this CPU computes in bfloat16 (AVX-512 BF16 or AMX): True, False, or None when it
-    cannot be told (no /proc/cpuinfo). Without it oneDNN refuses bfloat16 ("supports DT_BFLOAT16
-    only on platforms with AVX-512") and TensorFlow emulates it: the CamVid step measured 15x
-    slower than in float32 on an AVX2 EPYC (benchmarks/RESULTS.md, "CPUs without AVX-512")."""
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        return None
-    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    """Whether this CPU computes in bfloat16 (`models.convolution.cpu_bfloat16`). Without it oneDNN
+    refuses bfloat16 ("supports DT_BFLOAT16 only on platforms with AVX-512") and TensorFlow emulates
+    it: the CamVid step measured 15x slower than in float32 on an AVX2 EPYC (benchmarks/RESULTS.md,
+    "CPUs without AVX-512")."""
+    return cpu_bfloat16(cpuinfo)
 
 
 def set_precision(mixed_precision):

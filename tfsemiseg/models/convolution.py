@@ -21,6 +21,17 @@ def native_dilation_supported():
         return False
 
 
+def cpu_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU computes in bfloat16 (AVX-512 BF16 or AMX): True, False, or None when it
+    cannot be told (no /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 @keras.saving.register_keras_serializable("tfsemiseg")
 class Conv2D(layers.Conv2D):
     """`keras.layers.Conv2D` whose dilated convolutions are one Conv2D op with a dilation rate.
@@ -43,8 +54,11 @@ class Conv2D(layers.Conv2D):
     """
 
     def _native(self):
+        # oneDNN has no bfloat16 kernels without AVX-512: TensorFlow's own then run, without dilated gradients.
+        emulated_bfloat16 = (self.compute_dtype == "bfloat16" and not tf.config.list_physical_devices("GPU")
+                             and cpu_bfloat16() is False)
         return (max(self.dilation_rate) > 1 and max(self.strides) == 1 and self.groups == 1
-                and self.data_format == "channels_last" and native_dilation_supported())
+                and self.data_format == "channels_last" and native_dilation_supported() and not emulated_bfloat16)
 
     def convolution_op(self, inputs, kernel):
         if not self._native():
