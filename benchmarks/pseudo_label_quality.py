@@ -4,7 +4,7 @@ for a PseudoSeg run, of each source of its pseudo-labels (decoder, CAM, SGC, fus
 Only for datasets whose unlabeled images do have labels on disk (e.g. CamVid's train split, where
 the semi-supervised split hides them): the training never reads them, this script does.
 
-    python benchmarks/pseudo_label_quality.py /work/runs/stpp_camvid_1_8 [more run dirs] [--focus=fence]
+    python benchmarks/pseudo_label_quality.py runs/stpp_camvid_1_8 [more run dirs] [--focus=fence]
 
 PseudoSeg's sources are recomputed from the run's last checkpoint (segmenter, classification head
 and SGC), on whole unlabeled images at the run's image_scale, with predicted image classes (or, for

@@ -14,9 +14,8 @@ metrics, command and wall time; paths in it relative to the checkout, `RUNS/` fo
 folder), meant to be committed: a run with a record is skipped, on this machine or a fresh one. An
 interrupted run resumes where train.py left it (its stages and backups), so the command can be
 stopped and run again. The wall time of every attempt is added up in `<run>.attempts.json` (beside
-the run, which train.py keeps to its own files),
-which is brought up to date every minute while a run goes, so an attempt killed with this
-command (the end of a session, say) still counts.
+the run, which train.py keeps to its own files), brought up to date every minute while a run
+goes, so an attempt whose benchmark process is killed still counts.
 
 After every run the markdown tables (mean +- std per method; per run; mean per-class IoU) are
 rewritten to `<records>/results.md`, ready to paste into RESULTS.md, and the figure

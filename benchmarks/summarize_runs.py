@@ -2,7 +2,7 @@
 then the mean and standard deviation of each method's final mIoU over its runs, and of the
 supervised recipe (SupOnly runs together with the ST / ST++ teachers, which train the same way).
 
-    python benchmarks/summarize_runs.py /work/runs/*_camvid_1_8*
+    python benchmarks/summarize_runs.py runs/*_camvid_1_8*
 """
 
 import collections

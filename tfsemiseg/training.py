@@ -29,7 +29,9 @@ import tensorflow as tf
 
 from tfsemiseg import callbacks as callbacks_lib
 from tfsemiseg.data import eval_stream, explain_data_errors
-from tfsemiseg.models.convolution import cpu_bfloat16
+# Whether this CPU computes in bfloat16: without it oneDNN refuses bfloat16 and TensorFlow emulates it,
+# 15x slower than float32 on an AVX2 EPYC (benchmarks/RESULTS.md, "CPUs without AVX-512").
+from tfsemiseg.models.convolution import cpu_bfloat16 as native_bfloat16
 
 
 def atomic_write(path, text):
@@ -123,18 +125,13 @@ class SaveSegmenterAt(keras.callbacks.Callback):
     def path(directory, step):
         return os.path.join(directory, f"step_{step}.keras")
 
+    def on_train_begin(self, logs=None):
+        self.step = int(self.model.optimizer.iterations.numpy())  # a resumed fit's, restored by then
+
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step in self.steps:
-            save_segmenter(self.model.segmenter, self.path(self.directory, step))
-
-
-def native_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """Whether this CPU computes in bfloat16 (`models.convolution.cpu_bfloat16`). Without it oneDNN
-    refuses bfloat16 ("supports DT_BFLOAT16 only on platforms with AVX-512") and TensorFlow emulates
-    it: the CamVid step measured 15x slower than in float32 on an AVX2 EPYC (benchmarks/RESULTS.md,
-    "CPUs without AVX-512")."""
-    return cpu_bfloat16(cpuinfo)
+        self.step += 1  # counted on the host: no read of the optimizer's variable each step
+        if self.step in self.steps:
+            save_segmenter(self.model.segmenter, self.path(self.directory, self.step))
 
 
 def set_precision(mixed_precision):
