@@ -119,7 +119,12 @@ def run_dir(args, label, split, seed):
     return os.path.join(args.runs_dir, f"{label}_{split}_seed{seed}")
 
 
-TEACHER_METHODS = ("st", "stpp")  # the drivers that take a SupOnly run as their teacher
+def takes_teacher(method):
+    """Whether `method` takes a SupOnly run as its teacher (owns the `teacher` setting: ST, ST++)."""
+    sys.path.insert(0, ROOT)
+    from tfsemiseg.config import Config
+
+    return method in Config().owners("teacher")
 
 
 def command(args, method, split, seed, workdir, extra):
@@ -133,7 +138,7 @@ def command(args, method, split, seed, workdir, extra):
         cmd.append(f"--backbone={args.backbone}")
     for item in args.set:
         cmd += ["--set", item]
-    if method in TEACHER_METHODS and not args.no_reuse_teacher and "suponly" in args.methods:
+    if takes_teacher(method) and not args.no_reuse_teacher and "suponly" in args.methods:
         cmd += ["--set", f"teacher={run_dir(args, 'suponly', split, seed)}"]
     return cmd + list(extra)
 

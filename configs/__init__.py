@@ -18,8 +18,13 @@ def get_config(method, dataset, backbone=None):
         names = sorted(d for d in datasets.DATASETS if ":" not in d)
         raise ValueError(f"Unknown --dataset={dataset!r}; choose one of {names}.")
     if method not in METHODS:
-        raise ValueError(f"Unknown --method={method!r}; choose one of {', '.join(sorted(METHODS))}.")
-    settings = importlib.import_module(f"configs.{method}").SETTINGS
+        raise ValueError(f"Unknown --method={method!r}; choose one of {', '.join(METHODS)}.")
+    try:
+        settings = importlib.import_module(f"configs.{method}").SETTINGS
+    except ModuleNotFoundError as err:
+        if err.name != f"configs.{method}":
+            raise
+        settings = {}  # a method without paper settings of its own runs the dataset's
     key = f"{dataset}:{backbone}" if f"{dataset}:{backbone}" in datasets.DATASETS else dataset
     cfg = Config(method=method, dataset=dataset).replace(**datasets.DATASETS[key])
     return cfg.replace(**settings.get(key, settings.get(dataset, {})))

@@ -21,11 +21,11 @@ import configs
 from tfsemiseg import runner
 from tfsemiseg.callbacks import BackupError, TrainingDiverged
 from tfsemiseg.data import DataError
-from tfsemiseg.methods import METHODS
+from tfsemiseg.methods import METHODS, describe
 from tfsemiseg.training import disk_full, disk_full_message
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("method", "suponly", " | ".join(METHODS))
+flags.DEFINE_string("method", "suponly", "; ".join(f"{name}: {describe(cls)}" for name, cls in METHODS.items()))
 flags.DEFINE_string("dataset", "voc", "voc | cityscapes | camvid | folder | synthetic")
 flags.DEFINE_string("split", None, "1464, 1_16, 1_8, 1_4, 1_2, full, a number, or a directory with labeled.txt")
 flags.DEFINE_string("data_dir", None, "dataset root (default: ./data/<dataset> or $TFSEMISEG_DATA)")

@@ -259,3 +259,16 @@ def test_a_kill_while_backing_up_never_leaves_an_epoch_without_its_random_states
                   callbacks=[callbacks.Backup(backup)])
     assert callbacks.Backup.resumed_epoch(backup) == 1
     assert os.path.exists(os.path.join(backup, "random_states_epoch1.npz"))
+
+
+def test_a_run_saved_before_the_backbone_head_split_is_refused_by_name(tmp_path, monkeypatch):
+    """Its weights file has the flat segmenter's layout: refused with what to do, nothing deleted."""
+    cfg = _interrupted_run(tmp_path, monkeypatch, 1)
+    path = os.path.join(cfg.workdir, "config.json")
+    old = json.load(open(path))
+    del old["layout"]  # what a run saved before layouts were recorded holds
+    json.dump(old, open(path, "w"))
+    before = sorted(os.listdir(cfg.workdir))
+    with pytest.raises(ValueError, match=r"earlier tfsemiseg \(layout 1.*--overwrite"):
+        runner.train(cfg, verbose=0)
+    assert sorted(os.listdir(cfg.workdir)) == before

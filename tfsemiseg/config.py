@@ -22,6 +22,9 @@ def owned_by(default, *methods):
 @dataclasses.dataclass
 class Config:
     # run
+    # The layout of what a run saves: 2 since segmenters are a backbone plus a head (a config.json
+    # without it is layout 1, whose weights a run of layout 2 cannot resume from).
+    layout: int = 2
     method: str = "suponly"
     dataset: str = "synthetic"
     split: str = ""
@@ -95,6 +98,9 @@ class Config:
     attention_dim: int = owned_by(128, "pseudoseg")  # SGC query / key width
     # "": predicted classes; "masks": from the unlabeled crops' masks; a file path: "<image id> <class> ..." lines
     image_labels: str = owned_by("", "pseudoseg")
+    # UniMatch / FixMatch (Yang et al. 2023)
+    tau: float = owned_by(0.95, "unimatch", "fixmatch")  # confidence threshold of the pseudo-labels
+    ohem: bool = owned_by(False, "unimatch", "fixmatch")  # OHEM cross-entropy on labeled images (Cityscapes)
 
     def validate(self):
         """Raise ValueError naming the flag of the first setting that cannot work (before anything runs)."""
@@ -163,7 +169,7 @@ class Config:
     def from_json(cls, text):
         data = json.loads(text)
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls().replace(**data)
+        return cls().replace(**{"layout": 1, **data})
 
 
 def _whole(cfg, name):

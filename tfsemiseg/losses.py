@@ -38,6 +38,37 @@ def cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
     return masked_mean(per_pixel, valid)
 
 
+def ohem_cross_entropy(labels, logits, threshold=0.7, min_kept=200000, ignore_label=IGNORE_LABEL):
+    """Online hard example mining (UniMatch's Cityscapes loss): cross-entropy averaged over the pixels
+    whose probability of their label is at most max(threshold, the min_kept-th smallest such
+    probability); every valid pixel when there are min_kept or fewer. Per replica, as the official code."""
+    labels = tf.cast(labels, tf.int32)
+    valid = labels != ignore_label
+    logits = tf.cast(logits, tf.float32)
+    safe = tf.where(valid, labels, 0)
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(safe, logits)
+    prob = tf.where(valid, tf.exp(-per_pixel), 2.0)  # p of the label; invalid pixels sort last
+    flat = tf.reshape(prob, [-1])
+    count = tf.reduce_sum(tf.cast(valid, tf.int32))
+    k = tf.minimum(min_kept, tf.size(flat))
+    kth = -tf.math.top_k(-flat, k=k, sorted=True).values[k - 1]  # the min_kept-th smallest p
+    kept = tf.logical_and(valid, prob <= tf.maximum(threshold, kth))
+    kept = tf.where(count > min_kept, kept, valid)
+    return tf.math.divide_no_nan(tf.reduce_sum(tf.where(kept, per_pixel, 0.0)),
+                                 tf.reduce_sum(tf.cast(kept, tf.float32)))
+
+
+def confident_cross_entropy(targets, logits, confidence, threshold, counted):
+    """FixMatch / UniMatch's unsupervised loss: cross-entropy against hard pseudo-labels `targets`
+    [B, H, W] on the pixels whose `confidence` is >= `threshold`, summed and divided by the number
+    of `counted` pixels (the non-padded ones), not by the number of confident ones (official code)."""
+    logits = tf.cast(logits, tf.float32)
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(targets, tf.int32), logits)
+    confident = tf.cast(confidence >= threshold, tf.float32) * tf.cast(counted, tf.float32)
+    # masked_mean's count is that of `counted`: the confident pixels' sum over all non-padded ones.
+    return masked_mean(per_pixel * confident, counted)
+
+
 def binary_cross_entropy(logits, target, mask=None):
     """Sigmoid BCE of per-pixel logits [B, H, W(, 1)] against a constant `target` (0 or 1) or a map."""
     logits = tf.cast(logits, tf.float32)

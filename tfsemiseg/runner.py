@@ -69,6 +69,11 @@ def _check_resume(cfg):
     path = os.path.join(cfg.workdir, "config.json")
     if os.path.exists(path) and _has_state(cfg.workdir):
         previous = Config.from_json(open(path).read())
+        if previous.layout != cfg.layout:
+            raise ValueError(f"{cfg.workdir} holds a run saved by an earlier tfsemiseg (layout {previous.layout}; "
+                             f"this one writes layout {cfg.layout}: segmenters are now a backbone plus a head), "
+                             "which cannot be resumed. Its final model, if any, still evaluates and exports; to "
+                             "train it, pass --overwrite to start over, or finish it with the release that began it.")
         diff = {k: (v, getattr(cfg, k)) for k, v in vars(previous).items()
                 if k not in LOCATION_FIELDS and getattr(cfg, k) != v
                 and (cfg.method in cfg.owners(k) or not cfg.owners(k))}  # another method's field: unused

@@ -9,6 +9,7 @@ import tensorflow as tf
 import configs
 from tfsemiseg import losses, runner
 from tfsemiseg.data import build_dataset, io, pipeline
+from tfsemiseg.models.heads import resize_like
 from tfsemiseg.methods.pseudoseg import (PseudoSeg, SelfAttentionGradCAM, build_classifier, fuse_pseudo_labels,
                                          grad_cam, present_classes)
 
@@ -97,7 +98,7 @@ def test_loss_sa_trains_only_the_sgc(synthetic):
         hyper, features, _ = model.forward(x, training=True)
         cam = grad_cam(features, model.classifier, present_classes(y, dataset.num_classes, dataset.background))
         sgc = model.sgc(hyper, cam, tf.ones(tf.shape(cam)[:3], tf.bool), training=True)
-        loss_sa = losses.cross_entropy(y, model.resize(sgc, x))
+        loss_sa = losses.cross_entropy(y, resize_like(sgc, x))
     variables = model.optimized_variables()
     grads = dict(zip([v.path for v in variables], tape.gradient(loss_sa, variables)))
     sgc_paths = {v.path for v in model.sgc.trainable_variables}

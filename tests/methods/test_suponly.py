@@ -8,7 +8,7 @@ from tfsemiseg.data import build_dataset, labeled_stream
 from tfsemiseg.methods import SupOnly
 from tfsemiseg.inference import sliding_window_scores
 from tfsemiseg.methods.base import SegmentationMethod
-from tfsemiseg.models.segmenters import build_segmenter
+from tfsemiseg.models.segmenters import backbone_of, build_segmenter, head_of
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def _one_step(cfg):
     batch = next(iter(labeled_stream(ds, cfg)))
     model = SupOnly.create(cfg, ds)
     seg = model.segmenter
-    kernels = seg.get_layer("head_aspp_1").kernel, seg.get_layer("conv1_conv").kernel
+    kernels = head_of(seg).get_layer("head_aspp_1").kernel, backbone_of(seg).get_layer("conv1_conv").kernel
     with tf.GradientTape() as tape:
         loss = losses.cross_entropy(batch["label"], seg(batch["image"], training=True))
     grads = [g.numpy() for g in tape.gradient(loss, kernels)]

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfsemiseg.models import efficientnet_lite as el
 from tfsemiseg.models import torch_file
-from tfsemiseg.models.segmenters import build_segmenter, feature_extractor
+from tfsemiseg.models.segmenters import backbone_of, build_segmenter
 
 
 # -- a legacy PyTorch file written without torch -------------------------------------------------
@@ -164,9 +164,9 @@ def test_segmenter_gets_the_backbone_weights(cache):
     model = build_segmenter("deeplabv3plus", "efficientnet_lite0", 11, output_stride=16, backbone_weights="imagenet",
                             head_channels=32)
     for name in ("stem_conv", "block5_dw_bn", "block15_project_conv"):
-        for a, b in zip(reference.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+        for a, b in zip(reference.get_layer(name).get_weights(), backbone_of(model).get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
-    assert model.get_layer("normalize").mode == "lite"
+    assert backbone_of(model).get_layer("normalize").mode == "lite"
 
 
 def test_conversion_uses_every_tensor_once_with_its_shape():
@@ -203,7 +203,8 @@ def test_missing_weights_package_says_what_to_install(monkeypatch):
 def test_endpoint_strides_and_dilation(output_stride, c4_dilation):
     model = build_segmenter("deeplabv3plus", "efficientnet_lite0", 3, output_stride=output_stride, head_channels=16,
                             aspp_rates=(1, 2, 3))
-    c1, c2, c3, c4 = feature_extractor(model, ("c1", "c2", "c3", "c4"))(np.zeros((1, 64, 96, 3), "float32"))
+    model = backbone_of(model)
+    c1, c2, c3, c4 = model(np.zeros((1, 64, 96, 3), "float32"))
     assert [c.shape[-1] for c in (c1, c2, c3, c4)] == [24, 40, 112, 320]
     strides = [64 // c.shape[1] for c in (c1, c2, c3, c4)]
     assert strides == [4, 8, min(16, output_stride), output_stride]

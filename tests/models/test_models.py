@@ -4,7 +4,7 @@ import keras
 
 from tfsemiseg.models import backbones
 from tfsemiseg.models.discriminator import build_discriminator
-from tfsemiseg.models.segmenters import build_segmenter, feature_extractor, is_head_variable
+from tfsemiseg.models.segmenters import backbone_of, build_segmenter, head_of, is_head_variable
 
 
 def n_trainable(model):
@@ -28,7 +28,7 @@ def test_backbone_matches_keras_applications_layer_for_layer():
     model = build_segmenter("deeplabv3plus", "resnet50", 21, output_stride=16)
     for layer in ref.layers:
         if layer.weights:
-            assert [w.shape for w in layer.weights] == [w.shape for w in model.get_layer(layer.name).weights]
+            assert [w.shape for w in layer.weights] == [w.shape for w in backbone_of(model).get_layer(layer.name).weights]
 
 
 def test_imagenet_weights_load_from_a_local_file_into_the_dilated_network(tmp_path):
@@ -37,10 +37,10 @@ def test_imagenet_weights_load_from_a_local_file_into_the_dilated_network(tmp_pa
     ref.save_weights(path)
     model = build_segmenter("deeplabv2", "resnet50", 5, output_stride=8, backbone_weights=path)
     for name in ("conv1_conv", "conv4_block6_2_conv", "conv5_block3_3_bn"):
-        for a, b in zip(ref.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+        for a, b in zip(ref.get_layer(name).get_weights(), backbone_of(model).get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
-    assert model.get_layer("conv4_block1_2_conv").dilation_rate == (2, 2)
-    assert model.get_layer("conv5_block1_2_conv").dilation_rate == (4, 4)
+    assert backbone_of(model).get_layer("conv4_block1_2_conv").dilation_rate == (2, 2)
+    assert backbone_of(model).get_layer("conv5_block1_2_conv").dilation_rate == (4, 4)
 
 
 def test_no_imagenet_weights_for_tiny():
@@ -57,17 +57,35 @@ def test_output_shape_is_input_size_for_odd_sizes(arch, os_):
 
 def test_stage_strides():
     model = build_segmenter("deeplabv3plus", "tiny", 3, output_stride=16)
-    c1, c4, logits = feature_extractor(model, ("c1", "c4", "head_logits"))(np.zeros((1, 64, 64, 3)))
+    stages = backbone_of(model)(np.zeros((1, 64, 64, 3)))
+    c1, c4, logits = stages[0], stages[3], head_of(model)(stages)
     assert c1.shape[1:3] == (16, 16) and c4.shape[1:3] == (4, 4) and logits.shape[1:3] == (16, 16)
     model = build_segmenter("deeplabv2", "tiny", 3, output_stride=8)
-    c4, _ = feature_extractor(model, ("c4", "logits"))(np.zeros((1, 64, 64, 3)))
-    assert c4.shape == (1, 8, 8, 128)
+    assert backbone_of(model)(np.zeros((1, 64, 64, 3)))[3].shape == (1, 8, 8, 128)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv2", "deeplabv3plus", "pspnet"])
+@pytest.mark.parametrize("backbone", ["tiny", "small", "efficientnet_lite0"])
+def test_segmenter_is_its_backbone_then_its_head(arch, backbone):
+    """Every backbone and head: the two halves, run by hand, give the segmenter's logits; the head
+    owns every head_* variable and the backbone every other one."""
+    import tensorflow as tf
+    from tfsemiseg.models.segmenters import upsample
+
+    model = build_segmenter(arch, backbone, 3, output_stride=16, aspp_rates=(1, 2, 3), head_channels=16)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 48, 40, 3)).astype("float32")
+    by_hand = upsample(head_of(model)(backbone_of(model)(x)), tf.constant(x))
+    np.testing.assert_allclose(by_hand, model(x), atol=1e-5)
+    assert all(is_head_variable(v) for v in head_of(model).trainable_variables)
+    assert not any(is_head_variable(v) for v in backbone_of(model).trainable_variables)
+    assert len(model.trainable_variables) == (len(head_of(model).trainable_variables)
+                                              + len(backbone_of(model).trainable_variables))
 
 
 def test_freeze_bn_freezes_backbone_batchnorm_only():
     model = build_segmenter("deeplabv3plus", "tiny", 3, freeze_bn=True)
-    assert not model.get_layer("conv1_bn").trainable
-    assert model.get_layer("head_aspp_0_bn").trainable
+    assert not backbone_of(model).get_layer("conv1_bn").trainable
+    assert head_of(model).get_layer("head_aspp_0_bn").trainable
 
 
 def test_normalization_modes():
@@ -95,9 +113,9 @@ def test_discriminator_parameter_count_and_output_shape():
 
 @pytest.mark.parametrize("backbone", ["tiny", "efficientnet_lite0"])
 def test_every_endpoint_is_in_the_model(backbone):
-    """c2 and c3 feed no head, yet PseudoSeg's hypercolumn and Grad-CAM read them by name."""
+    """c2 and c3 feed no head, yet PseudoSeg's hypercolumn and Grad-CAM read them."""
     model = build_segmenter("deeplabv2", backbone, 3, output_stride=16, aspp_rates=(1, 2))
-    c1, c2, c3, c4 = feature_extractor(model, ("c1", "c2", "c3", "c4"))(np.zeros((1, 64, 64, 3), "float32"))
+    c1, c2, c3, c4 = backbone_of(model)(np.zeros((1, 64, 64, 3), "float32"))
     assert [c.shape[1] for c in (c1, c2, c3, c4)] == [16, 8, 4, 4]
 
 

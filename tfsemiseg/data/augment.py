@@ -94,6 +94,15 @@ def random_box(height, width, p=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)):
     return tf.logical_and(box, tf.random.uniform([]) < p)
 
 
+def cutmix(box, source, target):
+    """`target` with `source` inside `box` (a batch [B, H, W] bool / 0-1 mask): CutMix of images
+    [B, H, W, 3], label maps or confidence maps [B, H, W], alike."""
+    box = tf.cast(box, tf.bool)
+    if target.shape.rank == 4:
+        box = box[..., None]
+    return tf.where(box, source, target)
+
+
 def cutout(image, label, p=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)):
     """Fill a random box with uniform noise in [0, 255] and set its label to ignore."""
     box = random_box(tf.shape(image)[0], tf.shape(image)[1], p, area, ratio)
@@ -194,6 +203,12 @@ class StrongAugment:
         return cls(p_jitter=1.0, p_gray=0.0, p_blur=0.0, p_cutout=1.0, cutout_area=(side ** 2, side ** 2),
                    cutout_ratio=(1.0, 1.0), jitter_style="tf")
 
+    @classmethod
+    def unimatch(cls):
+        """UniMatch's and FixMatch's strong view (Yang et al. 2023): ST++'s photometric part (torchvision
+        jitter p 0.8, grayscale p 0.2, blur p 0.5) without cutout, which CutMix replaces."""
+        return cls(p_cutout=0.0)
+
     def __call__(self, image, label):
         image = tf.cond(tf.random.uniform([]) < self.p_jitter, lambda: self.jitter(image), lambda: image)
         if self.p_gray:
@@ -201,4 +216,6 @@ class StrongAugment:
         if self.p_blur:
             image = self.blur(image)
         image = tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0)
+        if not self.p_cutout:
+            return image, label
         return cutout(image, label, self.p_cutout, self.cutout_area, self.cutout_ratio)

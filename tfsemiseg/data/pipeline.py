@@ -7,7 +7,9 @@ so a method zips as many of them as its train_step consumes. Everything runs in 
 Batches:
 - labeled: {"image": float32 [B, crop, crop, 3] in [0, 255], "label": uint8 [B, crop, crop]}
 - unlabeled: {"image": ..., "valid": uint8 [B, crop, crop]} (0 where padded, 1 elsewhere); with
-  `strong`, also "image_strong" (photometric + cutout) and its "valid_strong" (0 under the box too).
+  `strong`, also "image_strong" (photometric + cutout) and its "valid_strong" (0 under the box too);
+  with `strong_views=n`, n named views "image_strong_1" .. "image_strong_n" instead (the same crop,
+  each with its own photometric draw) and, with `mix_boxes`, "box_1" .. "box_n", uint8 CutMix boxes.
   (uint8, not bool: tf.distribute cannot split bool batches across replicas.)
 - eval: whole images, padded per batch (image 0, label IGNORE_LABEL).
 """
@@ -62,7 +64,8 @@ def mixed_stream(streams, weights, cfg, seed=0, batch_size=None):
     return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_labels=False, image_classes=None):
+def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_labels=False, image_classes=None,
+                     strong_views=0, mix_boxes=False):
     """Infinite shuffled batches of unlabeled crops (labels are never read, unless `image_labels`).
 
     With `strong` (an `augment.StrongAugment`), each crop also gets a strongly augmented
@@ -71,6 +74,12 @@ def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_l
     present in each crop (derived from the crop's mask, as the official code does); with
     `image_classes` (uint8 [N, C] in `dataset.keys("unlabeled")` order, e.g. from
     `dataset.read_image_labels`), each image's given classes, whatever its crop shows.
+
+    With `strong_views=n` (UniMatch 2, FixMatch 1), the named views "image_strong_<i>" replace
+    "image_strong": independent draws of `strong` on the same weak crop, so they share its geometry
+    and its padding mask "valid" (`strong` then has no cutout: CutMix takes its place). With
+    `mix_boxes`, each view gets a CutMix box "box_<i>" (`augment.random_box`: p 0.5, 2-40 % of the
+    crop, the official sampler), which the method fills from another image of the batch.
     """
     def prepare(example):
         example = prescale(example, cfg.image_scale)
@@ -91,9 +100,13 @@ def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_l
                                                                dtype=tf.uint8), axis=[0, 1]), tf.uint8)
         elif image_classes is not None:
             out["classes"] = example["classes"]
-        if strong is not None:
+        if strong is not None and not strong_views:
             image_s, pad_s = strong(image, pad)
             out.update(image_strong=image_s, valid_strong=tf.cast(pad_s != IGNORE_LABEL, tf.uint8))
+        for i in range(1, strong_views + 1):
+            out[f"image_strong_{i}"] = strong(image, pad)[0]
+            if mix_boxes:
+                out[f"box_{i}"] = tf.cast(augment.random_box(tf.shape(image)[0], tf.shape(image)[1]), tf.uint8)
         return out
 
     extras = {"classes": image_classes} if image_classes is not None else None

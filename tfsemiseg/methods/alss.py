@@ -29,11 +29,12 @@ import tensorflow as tf
 from tfsemiseg import losses, optim
 from tfsemiseg.data import pipeline
 from tfsemiseg.data.io import IGNORE_LABEL
-from tfsemiseg.methods.base import SegmentationMethod
+from tfsemiseg.methods.base import SegmentationMethod, register
 from tfsemiseg.models.discriminator import build_discriminator
 from tfsemiseg.models.segmenters import build_from_config
 
 
+@register("alss")
 class AdvSemiSeg(SegmentationMethod):
     loss_names = ("loss_ce", "loss_adv", "loss_semi_adv", "loss_semi", "loss_d",
                   "semi_fraction", "d_acc_real", "d_acc_fake")

@@ -13,6 +13,31 @@ from tfsemiseg.inference import padded_logits, sliding_window_scores
 from tfsemiseg.callbacks import SegmentationImages
 
 
+# --method name -> class: every method module adds itself with `@register`; `tfsemiseg.methods`
+# imports every module of the package, so a new method is one file (and its config and tests).
+METHODS = {}
+
+
+def register(name):
+    """Class decorator: `--method=name` trains this class (a SegmentationMethod, or a driver of several
+    fits with a `run` classmethod, as ST / ST++). `--help` and the benchmarks list what registered."""
+    def add(cls):
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"two methods registered as {name!r}: {METHODS[name].__name__} and {cls.__name__}")
+        METHODS[name] = cls
+        cls.method_name = name
+        return cls
+    return add
+
+
+def describe(cls):
+    """One line for --help: the class's `description`, else the first line of its module's docstring."""
+    import sys
+
+    text = getattr(cls, "description", None) or sys.modules[cls.__module__].__doc__ or cls.__name__
+    return text.strip().splitlines()[0].rstrip(".")
+
+
 class SegmentationMethod(keras.Model):
     """Base of all methods.
 

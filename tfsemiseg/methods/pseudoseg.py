@@ -43,10 +43,10 @@ from keras import layers
 
 from tfsemiseg import losses, optim
 from tfsemiseg.data import augment, pipeline
-from tfsemiseg.methods.base import SegmentationMethod
-from tfsemiseg.models.heads import ResizeTo
+from tfsemiseg.methods.base import SegmentationMethod, register
+from tfsemiseg.models.heads import resize_like
 from tfsemiseg.models.normalization import BatchNormalization
-from tfsemiseg.models.segmenters import build_from_config
+from tfsemiseg.models.segmenters import STAGES, backbone_of, build_from_config, head_of, upsample
 
 
 def present_classes(labels, num_classes, background=None):
@@ -151,6 +151,7 @@ def build_classifier(channels, num_outputs):
     ], name="head_cls")
 
 
+@register("pseudoseg")
 class PseudoSeg(SegmentationMethod):
     loss_names = ("loss_sup", "loss_sa", "loss_cls", "loss_u", "pseudo_confidence", "classes_per_image")
 
@@ -159,19 +160,15 @@ class PseudoSeg(SegmentationMethod):
         super().__init__(segmenter, num_classes, **kwargs)
         self.background, self.lambda_u, self.gamma, self.temperature = background, lambda_u, gamma, temperature
         self.image_labels = image_labels
-        # One forward pass gives the hypercolumn, the CAM features and the logits.
-        names = list(dict.fromkeys([*hypercolumn, cam_layer]))
-        self.network = keras.Model(segmenter.input, [segmenter.get_layer(n).output for n in names] +
-                                   [segmenter.output], name="pseudoseg_network")
-        self.hypercolumn_index = [names.index(n) for n in hypercolumn]
-        self.cam_index = names.index(cam_layer)
+        # One backbone pass gives the hypercolumn, the CAM features and (through the head) the logits.
+        self.backbone, self.head = backbone_of(segmenter), head_of(segmenter)
+        self.hypercolumn_index = [STAGES.index(n) for n in hypercolumn]
+        self.cam_index = STAGES.index(cam_layer)
+        channels = [int(s.shape[-1]) for s in self.backbone.outputs]
         self.num_foreground = num_classes - 1 if background is not None else num_classes
-        self.classifier = build_classifier(segmenter.get_layer(cam_layer).output.shape[-1], self.num_foreground)
+        self.classifier = build_classifier(channels[self.cam_index], self.num_foreground)
         self.sgc = SelfAttentionGradCAM(num_classes, background is not None, attention_dim, name="head_sgc")
-        width = sum(segmenter.get_layer(n).output.shape[-1] for n in hypercolumn)
-        self.sgc.build((None, None, None, width))
-        self.resize = ResizeTo(name="resize")
-        self.resize.build(None)  # no weights; built so that Keras (distributed fit) sees a built model
+        self.sgc.build((None, None, None, sum(channels[i] for i in self.hypercolumn_index)))
 
     @classmethod
     def create(cls, cfg, dataset):
@@ -208,12 +205,12 @@ class PseudoSeg(SegmentationMethod):
 
     def forward(self, images, training):
         """(hypercolumn [B, h, w, D] without gradient, CAM features [B, h, w, K], logits [B, H, W, C])."""
-        outputs = self.network(images, training=training)
-        features, logits = outputs[:-1], outputs[-1]
-        reference = features[self.hypercolumn_index[-1]]
-        hypercolumn = tf.concat([tf.cast(self.resize(features[i], reference), tf.float32)
+        stages = self.backbone(images, training=training)
+        logits = upsample(self.head(stages, training=training), images)
+        reference = stages[self.hypercolumn_index[-1]]
+        hypercolumn = tf.concat([tf.cast(resize_like(stages[i], reference), tf.float32)
                                  for i in self.hypercolumn_index], axis=-1)
-        return tf.stop_gradient(hypercolumn), features[self.cam_index], logits
+        return tf.stop_gradient(hypercolumn), stages[self.cam_index], logits
 
     def self_attention_cam(self, hypercolumn, cam_features, classes, valid, training):
         """(CAM, SGC logits), both at the features' resolution; `valid` is at the image's."""
@@ -238,7 +235,7 @@ class PseudoSeg(SegmentationMethod):
             with tape.stop_recording():
                 cam_x = grad_cam(features_x, self.classifier, classes_x)
             sgc_x = self.sgc(hyper_x, cam_x, tf.ones(tf.shape(cam_x)[:3], tf.bool), training=True)
-            loss_sa = losses.cross_entropy(y, self.resize(sgc_x, x))
+            loss_sa = losses.cross_entropy(y, resize_like(sgc_x, x))
 
             # Weak view: decoder logits, and the SGC of the classes present -> fused soft pseudo-labels.
             hyper_u, features_u, logits_weak = self.forward(u_weak, training=True)
@@ -246,7 +243,7 @@ class PseudoSeg(SegmentationMethod):
                          if self.image_labels else self.predicted_classes(features_u))
             with tape.stop_recording():
                 _, sgc_u = self.self_attention_cam(hyper_u, features_u, classes_u, valid, training=True)
-                pseudo = fuse_pseudo_labels(logits_weak, self.resize(sgc_u, u_weak), self.gamma, self.temperature)
+                pseudo = fuse_pseudo_labels(logits_weak, resize_like(sgc_u, u_weak), self.gamma, self.temperature)
 
             # Image-level classification: on labeled crops, or on the unlabeled ones when their labels are given.
             if self.image_labels:
@@ -274,10 +271,10 @@ class PseudoSeg(SegmentationMethod):
         classes = self.predicted_classes(features) if classes is None else classes
         valid = tf.ones(tf.shape(images)[:3], tf.bool)
         cam, sgc = self.self_attention_cam(hyper, features, classes, valid, training=False)
-        cam = self.resize(cam, images)
+        cam = resize_like(cam, images)
         if self.background is not None:
             cam = tf.concat([1.0 - tf.reduce_max(cam, axis=-1, keepdims=True), cam], axis=-1)
-        sgc = self.resize(sgc, images)
+        sgc = resize_like(sgc, images)
         fused = fuse_pseudo_labels(logits, sgc, self.gamma, self.temperature)
         argmax = lambda x: tf.argmax(x, axis=-1, output_type=tf.int32)  # noqa: E731
         return {"decoder": argmax(logits), "cam": argmax(cam), "sgc": argmax(sgc), "fused": argmax(fused),

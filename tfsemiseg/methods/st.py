@@ -60,6 +60,7 @@ from tfsemiseg.callbacks import SegmentationImages
 from tfsemiseg.data import augment, pipeline
 from tfsemiseg.data.io import IGNORE_LABEL
 from tfsemiseg.inference import padded_logits, tta_scores
+from tfsemiseg.methods.base import register
 from tfsemiseg.methods.suponly import SupOnly
 
 
@@ -114,8 +115,11 @@ def _label_names(keys):
     return [stem + ".png" for stem in stems]
 
 
+@register("st")
 class SelfTraining:
     """The ST driver (see the module docstring). `run` is what `runner.train` calls."""
+
+    description = "ST: a SupOnly teacher pseudo-labels every unlabeled image once, a student retrains (Yang et al., CVPR 2022)"
 
     def __init__(self, cfg, dataset, strategy, verbose=1):
         self.cfg, self.dataset, self.strategy, self.verbose = cfg, dataset, strategy, verbose
@@ -325,8 +329,12 @@ def _write_png(path, labels, valid, size):
     tf.io.write_file(path, tf.io.encode_png(labels))
 
 
+@register("stpp")
 class SelfTrainingPlus(SelfTraining):
     """The ST++ driver (see the module docstring)."""
+
+    description = ("ST++: ST with the unlabeled images ranked by the stability of the teacher's snapshots, reliable "
+               "ones first (Yang et al., CVPR 2022)")
 
     def __init__(self, cfg, dataset, strategy, verbose=1):
         super().__init__(cfg, dataset, strategy, verbose)

@@ -15,10 +15,11 @@ import os
 
 from tfsemiseg import losses, optim, training
 from tfsemiseg.data import pipeline
-from tfsemiseg.methods.base import SegmentationMethod
+from tfsemiseg.methods.base import SegmentationMethod, register
 from tfsemiseg.models.segmenters import build_from_config
 
 
+@register("suponly")
 class SupOnly(SegmentationMethod):
     loss_names = ("loss_ce",)
 

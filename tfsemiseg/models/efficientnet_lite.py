@@ -224,7 +224,7 @@ def imagenet_weights_file(name, source=None):
 
 
 def load_imagenet_weights(model, name, weights="imagenet"):
-    """Copy ImageNet EfficientNet-Lite weights into the same-named layers of `model` (a segmenter).
+    """Copy ImageNet EfficientNet-Lite weights into the same-named layers of `model` (a backbone).
 
     `weights`: "imagenet" (the installed package, converted once) or the path of a legacy PyTorch
     file of the same variant. Returns the number of layers copied.

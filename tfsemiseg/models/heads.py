@@ -11,6 +11,13 @@ from tfsemiseg.models.convolution import Conv2D
 from tfsemiseg.models.normalization import BatchNormalization
 
 
+def resize_like(x, reference, align_corners=True):
+    """Bilinearly resize `x` [B, h, w, C] to the spatial size of `reference`, keeping x's dtype."""
+    out = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(reference)[1:3], align_corners=align_corners,
+                                    half_pixel_centers=not align_corners)
+    return tf.cast(out, x.dtype)
+
+
 @keras.saving.register_keras_serializable("tfsemiseg")
 class ResizeTo(layers.Layer):
     """Bilinearly resize `x` to the spatial size of `reference` (align_corners=True, as the
@@ -21,10 +28,7 @@ class ResizeTo(layers.Layer):
         self.align_corners = align_corners
 
     def call(self, x, reference):
-        size = tf.shape(reference)[1:3]
-        out = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=self.align_corners,
-                                        half_pixel_centers=not self.align_corners)
-        return tf.cast(out, x.dtype)
+        return resize_like(x, reference, self.align_corners)
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])

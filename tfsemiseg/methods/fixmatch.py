@@ -1,0 +1,44 @@
+"""FixMatch for segmentation: UniMatch's baseline, one CutMixed strong view (Sohn et al., NeurIPS 2020;
+as in LiheYoung/UniMatch, fixmatch.py).
+
+    p_x, p_w = S([x ; u_w])                          one segmenter pass
+    target  y_w = argmax p_w, c_w = max softmax p_w  no gradient
+    mixed   s' = M s(r) + (1 - M) s, target, confidence and padding mixed alike (r: batch reversed)
+    L = (CE(y, p_x) + sum_{v'} CE(y_w', S(s')) [c_w' >= tau] / sum v') / 2
+
+UniMatch without the feature-perturbation stream and the second strong view; its settings (tau,
+OHEM, the head without dropout) and its deviations from the official code are UniMatch's
+(`tfsemiseg/methods/unimatch.py`).
+"""
+
+import tensorflow as tf
+
+from tfsemiseg.methods.base import register
+from tfsemiseg.methods.unimatch import UniMatch, confident_share, mix_with_reversed, pseudo_labels
+
+
+@register("fixmatch")
+class FixMatch(UniMatch):
+    loss_names = ("loss", "loss_x", "loss_s", "mask_ratio")
+    strong_views = 1
+
+    def train_step(self, data):
+        x, y = data["labeled"]["image"], data["labeled"]["label"]
+        u = data["unlabeled"]
+        u_w, valid = u["image"], u["valid"] > 0
+        n = tf.shape(x)[0]
+
+        with tf.GradientTape() as tape:
+            logits = self.segmenter(tf.concat([x, u_w], 0), training=True)
+            logits_x, logits_w = logits[:n], logits[n:]
+            target, confidence = pseudo_labels(logits_w)
+            strong, target_s, confidence_s, valid_s = mix_with_reversed(
+                u["box_1"], u["image_strong_1"], target, confidence, valid)
+            loss_x = self.supervised_loss(y, logits_x)
+            loss_s = self.unsupervised_loss(self.segmenter(strong, training=True), target_s, confidence_s, valid_s)
+            loss = (loss_x + loss_s) / 2
+        self.update_segmenter(tape, loss)
+
+        return self.log(loss=loss, loss_x=loss_x, loss_s=loss_s,
+                        mask_ratio=confident_share(confidence, valid, self.tau))
+

@@ -1,0 +1,137 @@
+"""UniMatch: unified dual-stream perturbations, image and feature level (Yang et al., CVPR 2023).
+
+Per step, with labeled images x, y and unlabeled images u in three views (weak u_w, strong s1 and
+s2: the same crop, independent colour jitter / grey / blur), their padding mask v and two CutMix
+boxes M1, M2 (../shared/docs/st_plusplus_unimatch.md, section 2):
+
+    stages = B([x ; u_w])                                   one backbone pass
+    p_x, p_w, p_fp = H([stages_x ; stages_u ; FP(stages_u)])  one head pass; FP = channel dropout
+                                                            0.5 on c1 and c4 (Dropout2d)
+    target  y_w = argmax p_w, c_w = max softmax p_w         no gradient
+    mixed   s_i' = M_i s_i(r) + (1 - M_i) s_i, with its target, confidence and padding mixed alike,
+            where r is the batch reversed (the mix source)
+    p_s1, p_s2 = S([s1' ; s2'])                             one segmenter pass
+
+    L_x  = CE(y, p_x)                                       (OHEM on Cityscapes)
+    L_u(p, t, c, v) = sum_{v} CE(t, p) [c >= tau] / sum v   over the non-padded pixels
+    L = (L_x + 0.25 L_u(p_s1, ...) + 0.25 L_u(p_s2, ...) + 0.5 L_u(p_fp, y_w, c_w, v)) / 2
+
+Where this differs from the official code (LiheYoung/UniMatch, unimatch.py):
+- the mix source is the same batch reversed (`u.flip(0)`, which the author says works as well,
+  issues #68, #34): its pseudo-labels come from the training-mode weak pass already made, instead
+  of a second loader batch and an extra inference-mode pass under no_grad;
+- the FP stream decodes only the unlabeled half (the official code also decodes the labeled
+  half's dropped-out features and discards them), so the head's BatchNorm sees x, u_w and FP(u_w);
+- CutMix is applied to images in [0, 255] before normalisation (the official code mixes
+  normalised tensors: the same thing, as normalisation is per pixel);
+- the head is built without dropout as the official DeepLab-v3+ of UniMatch, on this library's
+  backbones (no deep-stem ResNet: `--backbone` as for every method).
+
+    model = UniMatch.create(cfg, dataset)
+    model.fit(UniMatch.train_data(dataset, cfg), steps_per_epoch=..., epochs=...)
+"""
+
+import tensorflow as tf
+
+from tfsemiseg import losses, optim
+from tfsemiseg.data import augment, pipeline
+from tfsemiseg.methods.base import SegmentationMethod, register
+from tfsemiseg.models.segmenters import backbone_of, build_from_config, head_of, upsample
+
+FP_STAGES = (0, 3)  # c1 and c4: the stages the decoder reads
+
+
+def feature_dropout(stages, rate=0.5, perturbed=FP_STAGES):
+    """UniMatch's feature perturbation: channel dropout (nn.Dropout2d, always on: a channel of an
+    image is zeroed with probability `rate`, the rest scaled by 1 / (1 - rate)) on the `perturbed`
+    stages; the others pass unchanged."""
+    def drop(x):
+        shape = tf.shape(x)
+        return tf.nn.dropout(x, rate=rate, noise_shape=[shape[0], 1, 1, shape[3]])
+    return [drop(s) if i in perturbed else s for i, s in enumerate(stages)]
+
+
+def pseudo_labels(logits):
+    """(hard pseudo-label [B, H, W] int32, confidence [B, H, W]) of logits, without gradient."""
+    probs = tf.nn.softmax(tf.stop_gradient(tf.cast(logits, tf.float32)))
+    return tf.argmax(probs, axis=-1, output_type=tf.int32), tf.reduce_max(probs, axis=-1)
+
+
+def confident_share(confidence, valid, tau):
+    """The share of non-padded pixels whose pseudo-label is confident enough to train on."""
+    return losses.masked_mean(tf.cast(confidence >= tau, tf.float32), valid)
+
+
+def mix_with_reversed(box, *batches):
+    """CutMix each of `batches` with the batch reversed inside `box` [B, H, W]: image i takes the
+    box from image B - 1 - i, as do its pseudo-label, confidence and padding mask."""
+    return [augment.cutmix(box, tf.reverse(b, [0]), b) for b in batches]
+
+
+@register("unimatch")
+class UniMatch(SegmentationMethod):
+    """Args (besides `SegmentationMethod`'s): tau, the confidence threshold (0.95; 0 with OHEM for
+    Cityscapes); ohem, OHEM cross-entropy on the labeled images."""
+
+    loss_names = ("loss", "loss_x", "loss_s", "loss_fp", "mask_ratio")
+    strong_views = 2
+
+    def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, **kwargs):
+        super().__init__(segmenter, num_classes, **kwargs)
+        self.tau, self.ohem = tau, ohem
+        self.backbone, self.head = backbone_of(segmenter), head_of(segmenter)
+
+    @classmethod
+    def create(cls, cfg, dataset):
+        # UniMatch's DeepLab-v3+ has no dropout: the FP stream is its only feature noise.
+        model = cls(build_from_config(cfg, dataset.num_classes, dropout=False), dataset.num_classes,
+                    tau=cfg.tau, ohem=cfg.ohem, **cls.shared_settings(cfg))
+        model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
+        return model
+
+    @classmethod
+    def train_data(cls, dataset, cfg):
+        """Labeled and unlabeled batches 1 : 1; each unlabeled crop with its named strong views and
+        CutMix boxes."""
+        return tf.data.Dataset.zip({
+            "labeled": pipeline.labeled_stream(dataset, cfg, seed=cfg.seed),
+            "unlabeled": pipeline.unlabeled_stream(dataset, cfg, seed=cfg.seed + 1,
+                                                   strong=augment.StrongAugment.unimatch(),
+                                                   strong_views=cls.strong_views, mix_boxes=True),
+        })
+
+    def supervised_loss(self, labels, logits):
+        return losses.ohem_cross_entropy(labels, logits) if self.ohem else losses.cross_entropy(labels, logits)
+
+    def unsupervised_loss(self, logits, target, confidence, valid):
+        return losses.confident_cross_entropy(target, logits, confidence, self.tau, valid)
+
+    def train_step(self, data):
+        x, y = data["labeled"]["image"], data["labeled"]["label"]
+        u = data["unlabeled"]
+        u_w, valid = u["image"], u["valid"] > 0
+        n = tf.shape(x)[0]
+
+        with tf.GradientTape() as tape:
+            # x and u_w through the backbone once; the head decodes x, u_w and u_w's perturbed features.
+            stages = self.backbone(tf.concat([x, u_w], 0), training=True)
+            fp = feature_dropout([s[n:] for s in stages])
+            logits = upsample(self.head([tf.concat([s, f], 0) for s, f in zip(stages, fp)], training=True),
+                              tf.concat([x, u_w, u_w], 0))
+            logits_x, logits_w, logits_fp = logits[:n], logits[n:2 * n], logits[2 * n:]
+            target, confidence = pseudo_labels(logits_w)
+
+            # Two strong views, each CutMixed with the reversed batch, through the segmenter once.
+            mixed = [mix_with_reversed(u[f"box_{i}"], u[f"image_strong_{i}"], target, confidence, valid)
+                     for i in (1, 2)]
+            logits_s1, logits_s2 = tf.split(self.segmenter(tf.concat([m[0] for m in mixed], 0), training=True), 2)
+
+            loss_x = self.supervised_loss(y, logits_x)
+            loss_s1 = self.unsupervised_loss(logits_s1, *mixed[0][1:])
+            loss_s2 = self.unsupervised_loss(logits_s2, *mixed[1][1:])
+            loss_fp = self.unsupervised_loss(logits_fp, target, confidence, valid)
+            loss = (loss_x + 0.25 * loss_s1 + 0.25 * loss_s2 + 0.5 * loss_fp) / 2
+        self.update_segmenter(tape, loss)
+
+        return self.log(loss=loss, loss_x=loss_x, loss_s=(loss_s1 + loss_s2) / 2, loss_fp=loss_fp,
+                        mask_ratio=confident_share(confidence, valid, self.tau))
