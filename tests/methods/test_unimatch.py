@@ -1,0 +1,196 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import configs
+from tfsemiseg import losses, optim, runner
+from tfsemiseg.data import pipeline
+from tfsemiseg.data.io import IGNORE_LABEL
+from tfsemiseg.methods import METHODS
+from tfsemiseg.methods.fixmatch import FixMatch
+from tfsemiseg.methods.unimatch import UniMatch, feature_dropout, mix_with_reversed, pseudo_labels
+from tfsemiseg.models.segmenters import build_segmenter
+
+
+def make_model(cls=UniMatch, **kwargs):
+    model = cls(build_segmenter("deeplabv3plus", "tiny", 3, output_stride=16, aspp_rates=(1, 2, 3),
+                                dropout=False, head_channels=16), 3, **kwargs)
+    model.compile(optimizer=optim.poly_sgd(0.01, 100))
+    return model
+
+
+def batch(size=32, seed=0, views=2):
+    rng = np.random.default_rng(seed)
+    image = lambda: tf.constant(rng.uniform(0, 255, (2, size, size, 3)), tf.float32)  # noqa: E731
+    valid = np.ones((2, size, size), np.uint8)
+    valid[:, -4:] = 0  # padding at the bottom
+    unlabeled = {"image": image(), "valid": tf.constant(valid)}
+    for i in range(1, views + 1):
+        box = np.zeros((2, size, size), np.uint8)
+        box[0, 4:12, 4:12] = 1
+        unlabeled.update({f"image_strong_{i}": image(), f"box_{i}": tf.constant(box)})
+    return {"labeled": {"image": image(), "label": tf.constant(rng.integers(0, 3, (2, size, size)), tf.uint8)},
+            "unlabeled": unlabeled}
+
+
+def test_both_methods_are_registered_with_their_settings():
+    assert METHODS["unimatch"] is UniMatch and METHODS["fixmatch"] is FixMatch
+    voc = configs.get_config("unimatch", "voc")
+    assert (voc.arch, voc.output_stride, voc.aspp_rates, voc.crop_size, voc.lr, voc.head_lr_mult, voc.tau) == \
+        ("deeplabv3plus", 16, (6, 12, 18), 321, 0.001, 10.0, 0.95)
+    city = configs.get_config("fixmatch", "cityscapes")
+    assert (city.crop_size, city.head_lr_mult, city.tau, city.ohem) == (801, 1.0, 0.0, True)
+    with pytest.raises(ValueError, match="--set tau: a setting of --method=unimatch / fixmatch"):
+        configs.get_config("alss", "synthetic").override(["tau=0.9"])
+
+
+def test_confident_cross_entropy_is_normalised_by_the_non_padded_pixels():
+    """Official: sum over confident non-padded pixels / count of non-padded pixels (not of confident ones)."""
+    logits = tf.constant([[[[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, 0.0]]]])  # [1, 1, 4, 2]
+    target = tf.constant([[[0, 1, 0, 0]]])
+    confidence = tf.constant([[[0.99, 0.5, 0.97, 0.96]]])
+    valid = tf.constant([[[1, 1, 1, 0]]])
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits).numpy()[0, 0]
+    expected = (ce[0] + ce[2]) / 3  # pixel 1 not confident, pixel 3 padded
+    got = losses.confident_cross_entropy(target, logits, confidence, 0.95, valid)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+    assert float(losses.confident_cross_entropy(target, logits, confidence, 0.0, valid)) == \
+        pytest.approx(ce[:3].sum() / 3, rel=1e-6)  # tau 0 (Cityscapes): every non-padded pixel
+
+
+def test_ohem_keeps_the_hard_pixels_or_all_when_few():
+    logits = tf.constant(np.log([[[[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]]]]), tf.float32)
+    labels = tf.constant([[[0, 0, 0, IGNORE_LABEL]]])
+    ce = -np.log([0.9, 0.6, 0.2])
+    # min_kept 2 < 3 valid pixels: keep p <= max(0.7, 2nd smallest p = 0.6): pixels 1 and 2.
+    np.testing.assert_allclose(float(losses.ohem_cross_entropy(labels, logits, 0.7, 2)), ce[1:].mean(), rtol=1e-5)
+    # min_kept >= the valid pixels: all of them.
+    np.testing.assert_allclose(float(losses.ohem_cross_entropy(labels, logits, 0.7, 5)), ce.mean(), rtol=1e-5)
+
+
+def test_cutmix_keeps_image_pseudo_label_confidence_and_padding_aligned():
+    images = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), [2, 4, 4, 3])
+    labels = tf.constant(np.stack([np.zeros((4, 4)), np.ones((4, 4))]), tf.int32)
+    confidence = tf.constant(np.stack([np.full((4, 4), 0.1), np.full((4, 4), 0.9)]), tf.float32)
+    valid = tf.constant(np.stack([np.ones((4, 4)), np.zeros((4, 4))]), tf.uint8)
+    box = np.zeros((2, 4, 4), np.uint8)
+    box[0, 1:3, 1:3] = 1
+    mixed_images, mixed_labels, mixed_conf, mixed_valid = mix_with_reversed(tf.constant(box), images, labels,
+                                                                           confidence, valid)
+    inside = box[0].astype(bool)
+    # Image 0 inside its box is image 1, and so is everything that goes with it; outside, image 0's own.
+    np.testing.assert_array_equal(mixed_images[0].numpy()[inside], images[1].numpy()[inside])
+    np.testing.assert_array_equal(mixed_images[0].numpy()[~inside], images[0].numpy()[~inside])
+    for mixed, source in ((mixed_labels, labels), (mixed_conf, confidence), (mixed_valid, valid)):
+        np.testing.assert_array_equal(mixed[0].numpy()[inside], source[1].numpy()[inside])
+        np.testing.assert_array_equal(mixed[0].numpy()[~inside], source[0].numpy()[~inside])
+        np.testing.assert_array_equal(mixed[1].numpy(), source[1].numpy())  # no box: unchanged
+
+
+def test_the_stream_gives_named_views_of_one_crop_with_boxes():
+    cfg = configs.get_config("unimatch", "synthetic").replace(crop_size=32, batch_size=4, scale_range=(1.0, 1.0))
+    dataset = runner.load_dataset(cfg)
+    u = next(iter(UniMatch.train_data(dataset, cfg)))["unlabeled"]
+    assert sorted(u) == ["box_1", "box_2", "image", "image_strong_1", "image_strong_2", "valid"]
+    # Photometric views of the same crop: the same edges (correlated), independently drawn.
+    weak, s1, s2 = (u[k].numpy().mean(-1) for k in ("image", "image_strong_1", "image_strong_2"))
+    for view in (s1, s2):
+        assert np.corrcoef(np.abs(np.diff(weak, axis=2)).ravel(), np.abs(np.diff(view, axis=2)).ravel())[0, 1] > 0.3
+    assert not np.allclose(s1, s2)
+    assert set(np.unique(u["box_1"])) <= {0, 1}
+    assert sorted(next(iter(FixMatch.train_data(dataset, cfg)))["unlabeled"]) == \
+        ["box_1", "image", "image_strong_1", "valid"]
+
+
+def test_pseudo_labels_carry_no_gradient():
+    logits = tf.Variable(tf.random.normal([1, 4, 4, 3]))
+    with tf.GradientTape() as tape:
+        target, confidence = pseudo_labels(logits)
+        total = tf.reduce_sum(confidence)
+    assert tape.gradient(total, logits) is None
+    assert target.dtype == tf.int32
+
+
+def test_feature_dropout_drops_whole_channels_of_c1_and_c4_only():
+    stages = [tf.ones([2, 8, 8, 64]), tf.ones([2, 4, 4, 8]), tf.ones([2, 2, 2, 8]), tf.ones([2, 2, 2, 64])]
+    dropped = feature_dropout(stages)
+    for i in (0, 3):
+        values = dropped[i].numpy()
+        per_channel = values.reshape(2, -1, 64)
+        assert np.all(per_channel.min(1) == per_channel.max(1))  # a channel is kept or dropped whole
+        assert set(np.unique(values)) == {0.0, 2.0}  # scaled by 1 / (1 - 0.5)
+    for i in (1, 2):
+        np.testing.assert_array_equal(dropped[i], stages[i])
+
+
+def test_the_fp_loss_reaches_the_decoder_and_the_backbone():
+    """L_fp trains the head on the dropped-out features and, through them, the backbone (the spec's
+    dropout is not a stop-gradient); its target, from the clean pass, carries no gradient."""
+    model = make_model(tau=0.0)
+    data = batch()
+    u = data["unlabeled"]
+    with tf.GradientTape(persistent=True) as tape:
+        stages = model.backbone(u["image"], training=True)
+        clean = model.head(stages, training=True)
+        fp = model.head(feature_dropout(stages), training=True)
+        target, confidence = pseudo_labels(clean)
+        loss_fp = losses.confident_cross_entropy(target, fp, confidence, 0.0, tf.ones(tf.shape(target)))
+    head_grads = tape.gradient(loss_fp, model.head.trainable_variables)
+    backbone_grads = tape.gradient(loss_fp, model.backbone.trainable_variables)
+    assert all(g is not None for g in head_grads if g is not None) and any(
+        g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in head_grads)
+    assert any(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in backbone_grads)
+    assert tape.gradient(loss_fp, clean) is None  # the pseudo-label's side
+
+
+@pytest.mark.parametrize("cls", [UniMatch, FixMatch])
+def test_a_step_trains_every_loss_and_changes_the_segmenter(cls):
+    model = make_model(cls, tau=0.0)
+    before = [v.numpy().copy() for v in model.segmenter.trainable_variables]
+    data = batch(views=cls.strong_views)
+    logs = {k: float(v) for k, v in model.train_step(data).items()}
+    assert all(np.isfinite(v) for v in logs.values())
+    assert logs["loss_s"] > 0 and logs["mask_ratio"] == 1.0
+    if cls is UniMatch:
+        assert logs["loss_fp"] > 0
+        expected = (logs["loss_x"] + 0.5 * logs["loss_s"] + 0.5 * logs["loss_fp"]) / 2
+    else:
+        expected = (logs["loss_x"] + logs["loss_s"]) / 2
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+    # Every kernel, the backbone's and the head's (biases before a batch norm get no gradient).
+    kernels = [(b, v) for b, v in zip(before, model.segmenter.trainable_variables) if v.path.endswith("kernel")]
+    assert all(not np.allclose(b, v.numpy()) for b, v in kernels)
+
+
+def test_a_high_threshold_leaves_only_the_supervised_loss():
+    model = make_model(tau=1.01)
+    logs = model.train_step(batch())
+    assert float(logs["loss_s"]) == 0.0 and float(logs["loss_fp"]) == 0.0 and float(logs["mask_ratio"]) == 0.0
+    assert float(logs["loss"]) == pytest.approx(float(logs["loss_x"]) / 2)
+
+
+def test_a_saved_unimatch_run_resumes_and_evaluates(tmp_path, monkeypatch):
+    from tests.test_runner import Interrupt
+
+    cfg = configs.get_config("unimatch", "synthetic").replace(
+        workdir=str(tmp_path / "run"), iterations=4, steps_per_epoch=2, crop_size=32, batch_size=2)
+    monkeypatch.setattr(UniMatch, "extra_callbacks", staticmethod(lambda *a: [Interrupt()]))
+    with pytest.raises(KeyboardInterrupt):
+        runner.train(cfg, verbose=0)
+    monkeypatch.undo()
+    assert json.load(open(os.path.join(cfg.workdir, "config.json")))["tau"] == 0.95
+    metrics = runner.train(cfg, verbose=0)
+    assert metrics["steps"] == 4 and 0.0 <= metrics["miou"] <= 1.0
+    evaluated = runner.evaluate(cfg.workdir)
+    assert evaluated["miou"] == pytest.approx(metrics["miou"], abs=1e-6)
+
+
+def test_the_unlabeled_stream_keeps_its_single_strong_view_for_other_methods():
+    cfg = configs.get_config("pseudoseg", "synthetic").replace(crop_size=32, batch_size=2)
+    from tfsemiseg.data import augment
+
+    u = next(iter(pipeline.unlabeled_stream(runner.load_dataset(cfg), cfg, strong=augment.StrongAugment())))
+    assert sorted(u) == ["image", "image_strong", "valid", "valid_strong"]
