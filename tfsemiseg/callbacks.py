@@ -221,16 +221,6 @@ class Backup(keras.callbacks.BackupAndRestore):
             variable.assign(state)
 
 
-class DiscriminatorLearningRate(keras.callbacks.Callback):
-    """Adds `d_learning_rate` to the logs of a model with a `d_optimizer` (ALSS), for TensorBoard and
-    the progress bar. Keras' TensorBoard callback already logs the compiled optimizer's rate."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        optimizer = getattr(self.model, "d_optimizer", None)
-        if logs is not None and optimizer is not None:
-            logs["d_learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-
-
 class SegmentationImages(keras.callbacks.Callback):
     """Writes a few fixed images to TensorBoard after every epoch: input, ground truth and the
     maps of `model.visualize` (prediction, and e.g. ALSS's confidence map and semi mask).

@@ -221,10 +221,9 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
         callbacks_lib.Backup(backup_dir),
         keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "checkpoints", "ckpt.weights.h5"),
                                         save_weights_only=True),
-        callbacks_lib.DiscriminatorLearningRate(),  # before TensorBoard, which writes the logs
+        *callbacks,  # the method's, before TensorBoard, which writes the logs they add to
         keras.callbacks.TensorBoard(log_dir, write_graph=False),
         throughput,
-        *callbacks,
     ]
     validation = {}
     if cfg.eval_every:

@@ -34,6 +34,15 @@ from tfsemiseg.models.discriminator import build_discriminator
 from tfsemiseg.models.segmenters import build_from_config
 
 
+class DiscriminatorLearningRate(keras.callbacks.Callback):
+    """Adds `d_learning_rate` to the logs (TensorBoard, progress bar); Keras' TensorBoard callback
+    already logs the compiled (segmenter's) optimizer's rate."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["d_learning_rate"] = float(keras.ops.convert_to_numpy(self.model.d_optimizer.learning_rate))
+
+
 @register("alss")
 class AdvSemiSeg(SegmentationMethod):
     loss_names = ("loss_ce", "loss_adv", "loss_semi_adv", "loss_semi", "loss_d",
@@ -75,6 +84,11 @@ class AdvSemiSeg(SegmentationMethod):
             "unlabeled": pipeline.unlabeled_stream(dataset, cfg, seed=cfg.seed + 1),
             "real": pipeline.labeled_stream(dataset, cfg, seed=cfg.seed + 2),
         })
+
+    @staticmethod
+    def extra_callbacks(model, dataset, cfg, log_dir):
+        """The shared callbacks, and the discriminator's learning rate in the logs."""
+        return [DiscriminatorLearningRate(), *SegmentationMethod.extra_callbacks(model, dataset, cfg, log_dir)]
 
     def semi_targets(self, logits_u, d_logits_u, valid):
         """Self-taught labels (Eq. 5): argmax S(u) where D's confidence > T_semi, else ignore.
