@@ -75,17 +75,18 @@ def student_fit(run_dir, cfg, dataset):
     """{stage: {view: MeanIoU}} of an ST / ST++ run's teacher and students, each on what it trained on:
     its predictions on the pseudo-labeled images against their pseudo-labels ("fit": how far it
     learnt its targets) and against their true labels, and on the labeled images against theirs.
-    A student trains on the pseudo-labels of every labelling stage before it."""
+    A student trains on the pseudo-labels of its stage's inputs (the plan's records)."""
     import keras
 
     from tfsemiseg.inference import predict_logits
+    from tfsemiseg.methods import get_method
 
-    stages = sorted(s for s in os.listdir(run_dir) if s[:1].isdigit() and not s.endswith(".tmp"))
-    labelling = [s for s in stages if os.path.isfile(os.path.join(run_dir, s, "labels.txt"))]
-    results, c = {}, dataset.num_classes
-    for student in [s for s in stages if "student" in s or "teacher" in s]:  # the teacher: labeled only
-        number = int(student.split("_")[0])
-        pairs = _pairs([os.path.join(run_dir, s) for s in labelling if int(s.split("_")[0]) < number])
+    results, c, plan = {}, dataset.num_classes, get_method(cfg.method).PLAN
+    for stage in [s for s in plan if s.kind == "train"]:  # the teacher: labeled only
+        student = stage.dirname
+        if not os.path.isfile(os.path.join(run_dir, student, "final", "segmenter.keras")):
+            continue  # a reused teacher (another run's)
+        pairs = _pairs([os.path.join(run_dir, s.dirname) for s in plan if s.name in stage.inputs])
         segmenter = keras.saving.load_model(os.path.join(run_dir, student, "final", "segmenter.keras"))
         predict = tf.function(lambda x: tf.one_hot(tf.argmax(predict_logits(segmenter, x, cfg.image_scale), -1), c),
                               reduce_retracing=True)

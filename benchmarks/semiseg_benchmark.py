@@ -122,9 +122,9 @@ def run_dir(args, label, split, seed):
 def takes_teacher(method):
     """Whether `method` takes a SupOnly run as its teacher (owns the `teacher` setting: ST, ST++)."""
     sys.path.insert(0, ROOT)
-    from tfsemiseg.config import Config
+    from tfsemiseg.methods import METHODS
 
-    return method in Config().owners("teacher")
+    return "teacher" in METHODS[method].hyperparameters
 
 
 def command(args, method, split, seed, workdir, extra):

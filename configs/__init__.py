@@ -26,5 +26,6 @@ def get_config(method, dataset, backbone=None):
             raise
         settings = {}  # a method without paper settings of its own runs the dataset's
     key = f"{dataset}:{backbone}" if f"{dataset}:{backbone}" in datasets.DATASETS else dataset
-    cfg = Config(method=method, dataset=dataset).replace(**datasets.DATASETS[key])
+    cfg = Config(method=method, dataset=dataset, params=dict(METHODS[method].hyperparameters))
+    cfg = cfg.replace(**datasets.DATASETS[key])
     return cfg.replace(**settings.get(key, settings.get(dataset, {})))

@@ -4,6 +4,7 @@ import pytest
 
 import configs
 from tfsemiseg.config import Config
+from tfsemiseg.methods import AdvSemiSeg
 
 
 def test_paper_settings_and_overrides():
@@ -11,14 +12,16 @@ def test_paper_settings_and_overrides():
     assert (cfg.arch, cfg.backbone, cfg.crop_size, cfg.batch_size, cfg.split) == ("deeplabv2", "resnet101", 321, 10, "1464")
     cfg = cfg.override(["lr=0.01", "scale_range=0.75,1.25", "freeze_bn=false", "iterations=7"])
     assert cfg.lr == 0.01 and cfg.scale_range == (0.75, 1.25) and cfg.freeze_bn is False and cfg.iterations == 7
-    cfg = cfg.replace(method="alss").override(["class_names=sky,road", "d_lr=1e-5", "aspp_rates=2,4"])
+    cfg = configs.get_config("alss", "voc").override(["class_names=sky,road", "d_lr=1e-5", "aspp_rates=2,4"])
     assert cfg.class_names == ("sky", "road") and cfg.d_lr == 1e-5 and cfg.aspp_rates == (2, 4)
 
 
 def test_bad_overrides_name_the_problem():
     cfg = Config()
-    with pytest.raises(ValueError, match="Unknown config field.*lamda_adv"):
+    with pytest.raises(ValueError, match="--set lamda_adv: not a setting of --method=suponly"):
         cfg.override(["lamda_adv=1"])
+    with pytest.raises(ValueError, match="Unknown config field.*lamda_adv.*Shared settings: .*arch"):
+        cfg.replace(lamda_adv=1)
     with pytest.raises(ValueError, match="iterations=ten"):
         cfg.override(["iterations=ten"])
     with pytest.raises(ValueError, match="Unknown --method"):
@@ -48,6 +51,11 @@ def test_a_method_owns_its_hyperparameters():
     saved = json.loads(alss.to_json())
     assert "d_lr" in saved and "lambda_u" not in saved and "tta_scales" not in saved  # its own and the shared
     assert Config.from_json(alss.to_json()) == alss
-    with pytest.raises(ValueError, match="--set lambda_u: a setting of --method=pseudoseg, not of --method=alss"):
+    with pytest.raises(ValueError, match=r"--set lambda_u: not a setting of --method=alss \(its own settings: "
+                                         r"lambda_adv, .*d_beta_2; shared: "):
         alss.override(["lambda_u=2"])
+    assert alss.params == {**AdvSemiSeg.hyperparameters, "semi_start": 200}  # declared by the method, set per dataset
+    assert alss.override(["lambda_adv=0.02"]).lambda_adv == 0.02 and alss.lambda_adv == 0.01
+    with pytest.raises(AttributeError, match="no setting 'lambda_u'"):
+        alss.lambda_u
     assert configs.get_config("stpp", "camvid").override(["reliable_fraction=0.3"]).reliable_fraction == 0.3

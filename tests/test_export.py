@@ -66,7 +66,7 @@ json.dump(out, sys.stdout)
     proc = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     served = json.loads(proc.stdout)
-    assert "must be 4-dimensional" in served.pop("rank3")  # an error for the client; the server lives on
+    assert "expected a batch of RGB images" in served.pop("rank3")  # an error for the client; the server lives on
     for path in images:
         predicted = tf.io.decode_png(tf.io.read_file(str(tmp_path / "pred" / os.path.basename(path)))).numpy()[..., 0]
         result = served[path]
@@ -181,3 +181,38 @@ def test_predict_takes_the_images_of_a_folder_and_refuses_one_without(run_dir, t
     proc = script("predict.py", f"--workdir={run_dir}", f"--output_dir={tmp_path / 'out2'}", str(tmp_path / "empty"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"error: {tmp_path / 'empty'} is a folder without images" in proc.stderr
+
+
+def test_serving_signatures_answer_wrong_input_in_words_a_client_understands(tmp_path):
+    """Checked in the graph (so TF Serving gives the same answer): rank, channels, empty batch, empty
+    bytes, mixed sizes in one request, instead of TensorFlow's internals."""
+    import io as bytes_io
+
+    from PIL import Image
+
+    target = tmp_path / "m" / "1"
+    export.export_saved_model(build_segmenter("deeplabv2", "tiny", 3), str(target))
+    loaded = tf.saved_model.load(str(target))
+
+    def png(height, width):
+        buffer = bytes_io.BytesIO()
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    cases = [
+        ("serve_pixels", tf.zeros([16, 16, 3], tf.uint8), "expected a batch of RGB images"),
+        ("serve_pixels", tf.zeros([1, 16, 16, 4], tf.uint8), "expected 3 channels"),
+        ("serve", tf.zeros([0, 16, 16, 3]), "the batch is empty"),
+        ("serve", tf.zeros([1, 0, 16, 3]), "an image has no pixels"),
+        ("serving_default", tf.constant([png(8, 8), b""]), "an empty string; send the bytes"),
+        ("serving_default", tf.constant([png(8, 8), png(8, 12)]), "must share a size"),
+        ("serving_default", tf.constant([], tf.string), "the batch is empty"),
+    ]
+    for signature, value, message in cases:
+        name = "image_bytes" if signature == "serving_default" else "images"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.signatures[signature](**{name: value})
+    # Right input still works, one image as a batch of one.
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([png(8, 8), png(8, 8)]))
+    assert out["classes"].shape == (2, 8, 8)
+    assert loaded.signatures["serve_pixels"](images=tf.zeros([1, 9, 7, 3], tf.uint8))["classes"].shape == (1, 9, 7)

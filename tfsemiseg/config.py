@@ -1,22 +1,16 @@
-"""The run configuration: one flat dataclass, filled from `configs/` and overridden from the CLI.
+"""The run configuration: the settings every method shares, plus the run's method's own.
 
-Paper settings live in `configs/<method>.py` as plain Python; every field can be overridden
-with `--set name=value` (typed by the field's default) or a dedicated flag.
-
-A method's own hyperparameters are declared with `owned_by(...)`: they are settable and saved
-(config.json) only for that method, so a run's config lists the shared settings and its own
-method's, and `--set lambda_u=2 --method=alss` is an error instead of a silently ignored value.
-(Why one flat class rather than a dataclass per method: BUILD.md, "Configuration".)
+The shared settings are this dataclass's fields. A method declares its own hyperparameters beside
+it, as `hyperparameters = {name: default}` on its class (e.g. ALSS's lambda_adv, UniMatch's tau);
+`configs.get_config` puts them in `params`, and they read as attributes like the shared ones
+(`cfg.lambda_adv`). Paper settings live in `configs/<method>.py` as plain Python; every setting
+can be overridden with `--set name=value` (typed by its default) or a dedicated flag. config.json
+holds both, flat; `--set lambda_u=2 --method=alss` is an error instead of a silently ignored value.
 """
 
 import dataclasses
 import json
 import math
-
-
-def owned_by(default, *methods):
-    """A field that belongs to `methods` (e.g. "alss"; ST and ST++ share theirs)."""
-    return dataclasses.field(default=default, metadata={"methods": methods})
 
 
 @dataclasses.dataclass
@@ -70,37 +64,14 @@ class Config:
     # train); False: per replica, as DeepLab's and PseudoSeg's TF code. No effect on one device.
     sync_bn: bool = True
     deterministic: bool = False  # op determinism + a resumable fixed data stream: same result every run (CPU)
-    # ALSS (Hung et al. 2018)
-    lambda_adv: float = owned_by(0.01, "alss")
-    lambda_semi_adv: float = owned_by(0.001, "alss")
-    lambda_semi: float = owned_by(0.1, "alss")
-    T_semi: float = owned_by(0.2, "alss")
-    semi_start: int = owned_by(5000, "alss")
-    semi_start_adv: int = owned_by(0, "alss")
-    d_lr: float = owned_by(1e-4, "alss")
-    d_beta_1: float = owned_by(0.9, "alss")
-    d_beta_2: float = owned_by(0.99, "alss")
-    # ST / ST++ (Yang et al. 2022)
-    # stage_epochs > 0: every training stage runs this many epochs over its own image list (paper: 80);
-    # else the teacher trains `iterations` and each student student_iterations (0: the paper's ratio,
-    # as many epochs over its labeled + pseudo-labeled list as the teacher over its labeled list).
-    stage_epochs: int = owned_by(0, "st", "stpp")
-    student_iterations: int = owned_by(0, "st", "stpp")
-    # A finished SupOnly run of the same setting and seed to use as the teacher (stage 1 not trained).
-    teacher: str = owned_by("", "st", "stpp")
-    tta_scales: tuple = owned_by((0.5, 0.75, 1.0, 1.5, 2.0), "st", "stpp")  # pseudo-labelling TTA
-    tta_flip: bool = owned_by(True, "st", "stpp")
-    reliable_fraction: float = owned_by(0.5, "st", "stpp")  # ST++: share of unlabeled images deemed reliable
-    # PseudoSeg (Zou et al. 2021)
-    lambda_u: float = owned_by(1.0, "pseudoseg")  # weight of the consistency loss on the strong view
-    fusion_gamma: float = owned_by(0.5, "pseudoseg")  # the SGC's share of the fused pseudo-label
-    pseudo_temperature: float = owned_by(0.5, "pseudoseg")  # sharpening temperature T
-    attention_dim: int = owned_by(128, "pseudoseg")  # SGC query / key width
-    # "": predicted classes; "masks": from the unlabeled crops' masks; a file path: "<image id> <class> ..." lines
-    image_labels: str = owned_by("", "pseudoseg")
-    # UniMatch / FixMatch (Yang et al. 2023)
-    tau: float = owned_by(0.95, "unimatch", "fixmatch")  # confidence threshold of the pseudo-labels
-    ohem: bool = owned_by(False, "unimatch", "fixmatch")  # OHEM cross-entropy on labeled images (Cityscapes)
+    # the method's own hyperparameters (its class's `hyperparameters`, then its configs/ settings)
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def __getattr__(self, name):  # only for names that are not fields: the method's own settings
+        params = self.__dict__.get("params") or {}
+        if name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__} has no setting {name!r} (method {self.__dict__.get('method')!r})")
 
     def validate(self):
         """Raise ValueError naming the flag of the first setting that cannot work (before anything runs)."""
@@ -113,6 +84,8 @@ class Config:
         for name in ("steps_per_epoch", "eval_batch_size", "crop_size"):
             need(_whole(self, name) and getattr(self, name) >= 1, f"--set {name}", "must be a positive whole number")
         for flag, name in (("--iterations", "iterations"), ("--set student_iterations", "student_iterations")):
+            if name not in self.settings():
+                continue
             count, epoch = getattr(self, name), self.steps_per_epoch
             if count > epoch and count % epoch:
                 low, high, divisor = count // epoch * epoch, -(-count // epoch) * epoch, math.gcd(count, epoch)
@@ -123,53 +96,67 @@ class Config:
         need(len(self.scale_range) == 2 and all(isinstance(v, (int, float)) for v in self.scale_range)
              and 0 < self.scale_range[0] <= self.scale_range[1], "--set scale_range",
              "must be two numbers 0 < min <= max, e.g. --set scale_range=0.5,2.0")
-        need(all(isinstance(v, (int, float)) and v > 0 for v in self.tta_scales), "--set tta_scales",
-             "must be positive numbers, e.g. 0.5,1.0,1.5")
+        if "tta_scales" in self.params:
+            need(all(isinstance(v, (int, float)) and v > 0 for v in self.tta_scales), "--set tta_scales",
+                 "must be positive numbers, e.g. 0.5,1.0,1.5")
         need(self.output_stride in (8, 16, 32), "--set output_stride", "must be 8, 16 or 32")
-        need(self.lr >= 0 and self.d_lr >= 0, "--set lr", "learning rates must be >= 0")
-        need(0 < self.reliable_fraction < 1, "--set reliable_fraction", "must be between 0 and 1")
+        need(self.lr >= 0, "--set lr", "must be >= 0")
+        if "d_lr" in self.params:
+            need(self.d_lr >= 0, "--set d_lr", "must be >= 0")
+        if "reliable_fraction" in self.params:
+            need(0 < self.reliable_fraction < 1, "--set reliable_fraction", "must be between 0 and 1")
         need(self.distribute in ("none", "mirrored", "multiworker"), "--distribute",
              "must be none, mirrored or multiworker")
         return self
 
+    def shared(self):
+        """The settings every method shares, as a dict (no `params`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+
+    def settings(self):
+        """Every setting of the run, shared and the method's own, as one flat dict (config.json)."""
+        return {**self.shared(), **self.params}
+
     def replace(self, **changes):
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        """A copy with `changes` applied, to shared settings or to the method's own."""
+        fields = {f.name for f in dataclasses.fields(self)} - {"params"}
+        unknown = sorted(set(changes) - fields - set(self.params) - {"params"})
         if unknown:
-            raise ValueError(f"Unknown config field(s) {unknown}; valid fields: "
-                             f"{', '.join(f.name for f in dataclasses.fields(self))}")
-        return dataclasses.replace(self, **changes)
+            own = f"; --method={self.method}'s own: {', '.join(self.params)}" if self.params else ""
+            raise ValueError(f"Unknown config field(s) {unknown} for --method={self.method}. Shared settings: "
+                             f"{', '.join(sorted(fields))}{own}.")
+        params = dict(changes.pop("params", self.params))
+        params.update({k: changes.pop(k) for k in list(changes) if k not in fields})
+        return dataclasses.replace(self, params=params, **changes)
 
     def override(self, assignments):
-        """Apply `name=value` strings, converting each value to the field's type."""
+        """Apply `name=value` strings, converting each value to the type of the setting's default."""
         changes = {}
-        fields = {f.name: f for f in dataclasses.fields(self)}
         for item in assignments:
             if "=" not in item:
                 raise ValueError(f"--set expects name=value, got {item!r}")
             name, value = item.split("=", 1)
             name = name.strip()
-            if name not in fields:
-                self.replace(**{name: None})  # raises with the list of valid fields
-            if self.owners(name) and self.method not in self.owners(name):
-                raise ValueError(f"--set {name}: a setting of --method={' / '.join(self.owners(name))}, "
-                                 f"not of --method={self.method}.")
-            changes[name] = _parse(value, getattr(self, name), name)
+            settings = self.settings()
+            if name not in settings:
+                own = ", ".join(self.params) or "none"
+                raise ValueError(f"--set {name}: not a setting of --method={self.method} (its own settings: {own}; "
+                                 f"shared: {', '.join(sorted(self.shared()))}).")
+            changes[name] = _parse(value, settings[name], name)
         return self.replace(**changes)
 
-    def owners(self, name):
-        """The methods a field belongs to; () for settings every method shares."""
-        return self.__dataclass_fields__[name].metadata.get("methods", ())
-
     def to_json(self):
-        """The shared settings and this method's own (other methods' fields are left out)."""
-        own = {k: v for k, v in dataclasses.asdict(self).items() if self.method in self.owners(k) or not self.owners(k)}
-        return json.dumps(own, indent=2)
+        """The shared settings and this method's own, flat."""
+        return json.dumps(self.settings(), indent=2)
 
     @classmethod
     def from_json(cls, text):
+        """A config from `to_json`'s text: the fields are shared settings, the other keys the method's own."""
         data = json.loads(text)
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls().replace(**{"layout": 1, **data})
+        fields = {f.name for f in dataclasses.fields(cls)} - {"params"}
+        params = {k: v for k, v in data.items() if k not in fields}
+        return cls(params=params).replace(**{"layout": 1, **{k: v for k, v in data.items() if k in fields}})
 
 
 def _whole(cfg, name):

@@ -9,6 +9,9 @@ image as it is and gets labels at its resolution. Signatures:
                       confidence float32 [B, H, W] (the winning class's softmax probability)
     serve_pixels      images: uint8 [B, H, W, 3]                  -> classes, confidence
     serve             images: float32 [B, H, W, 3] in [0, 255]    -> logits [B, H, W, C], labels int32
+
+Each signature checks its input in the graph and answers a wrong one with an InvalidArgument error
+that a serving client can act on (`checked_images`, `decoded_images`), not TensorFlow's internals.
 """
 
 import os
@@ -32,6 +35,60 @@ def _classes(logits):
     return {"classes": tf.cast(tf.argmax(logits, axis=-1), dtype), "confidence": tf.reduce_max(probs, axis=-1)}
 
 
+def _require(checks, value):
+    """`value` once every (ok, message) of `checks` holds, else an InvalidArgument error with the first
+    failing message. Each condition must be safe to compute whatever the input (the graph may run
+    them in any order), so a check is written "an earlier one failed, or this holds"."""
+    asserts, earlier_ok = [], tf.constant(True)
+    for ok, message in checks:
+        asserts.append(tf.debugging.Assert(tf.logical_or(tf.logical_not(earlier_ok), ok), [message]))
+        earlier_ok = tf.logical_and(earlier_ok, ok)
+    with tf.control_dependencies(asserts):
+        return tf.identity(value)
+
+
+def checked_images(images, name="images"):
+    """`images` as [B, H, W, 3], or an InvalidArgument error naming what is wrong: the rank, the
+    channels, an empty batch or an empty image. Signatures take any shape so that this check, not
+    TensorFlow's shape machinery, answers the client."""
+    shape = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], 0)[:4]  # defined for any rank
+    images = _require([
+        (tf.equal(tf.rank(images), 4), f"{name}: expected a batch of RGB images [batch, height, width, 3]; send "
+                                       "one image as a batch of one"),
+        (tf.equal(shape[3], 3), f"{name}: expected 3 channels (RGB) in the last dimension"),
+        (shape[0] > 0, f"{name}: the batch is empty; send at least one image"),
+        (tf.reduce_min(shape[1:3]) > 0, f"{name}: an image has no pixels (height or width 0)"),
+    ], images)
+    # Static shape [?, ?, ?, 3] for what follows, by a reshape (tf.ensure_shape lets graph optimisation
+    # take the rank as known and skip the rank check's message).
+    return tf.reshape(images, tf.stack([-1, shape[1], shape[2], 3]))
+
+
+def decoded_images(image_bytes):
+    """The PNG / JPEG files of `image_bytes` [B] decoded to uint8 [B, H, W, 3]; an InvalidArgument error
+    names an empty batch or file, and images of different sizes in one request."""
+    image_bytes = tf.reshape(image_bytes, [-1])
+    lengths = tf.concat([tf.strings.length(image_bytes), [1]], 0)  # defined for an empty batch
+    image_bytes = _require([
+        (tf.size(image_bytes) > 0, "image_bytes: the batch is empty; send at least one file"),
+        (tf.reduce_min(lengths) > 0, "image_bytes: an empty string; send the bytes of a PNG or JPEG file "
+                                     "(base64 {\"b64\": ...} over REST)"),
+    ], image_bytes)
+
+    def decode(b):
+        return tf.io.decode_image(b, channels=3, expand_animations=False)
+
+    first = tf.shape(decode(image_bytes[0]))[:2]
+
+    def decode_same_size(b):
+        image = decode(b)
+        return _require([(tf.reduce_all(tf.equal(tf.shape(image)[:2], first)), "image_bytes: the images of one "
+                          "request must share a size (height, width); send images of other sizes in separate "
+                          "requests")], image)
+
+    return tf.map_fn(decode_same_size, image_bytes, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
 def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
     """Write a SavedModel (TF Serving layout: put it under `<model_name>/<version>/`).
 
@@ -50,19 +107,17 @@ def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
     def logits_of(images):
         return predict_logits(segmenter, images, image_scale)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="image_bytes")])
     def serving_default(image_bytes):
-        images = tf.map_fn(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False), image_bytes,
-                           fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-        return _classes(logits_of(images))
+        return _classes(logits_of(decoded_images(image_bytes)))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
     def serve_pixels(images):
-        return _classes(logits_of(images))
+        return _classes(logits_of(checked_images(images)))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="images")])
     def serve(images):
-        logits = logits_of(images)
+        logits = logits_of(checked_images(images))
         return {"logits": logits, "labels": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
     archive = keras.export.ExportArchive()

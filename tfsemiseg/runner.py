@@ -74,9 +74,9 @@ def _check_resume(cfg):
                              f"this one writes layout {cfg.layout}: segmenters are now a backbone plus a head), "
                              "which cannot be resumed. Its final model, if any, still evaluates and exports; to "
                              "train it, pass --overwrite to start over, or finish it with the release that began it.")
-        diff = {k: (v, getattr(cfg, k)) for k, v in vars(previous).items()
-                if k not in LOCATION_FIELDS and getattr(cfg, k) != v
-                and (cfg.method in cfg.owners(k) or not cfg.owners(k))}  # another method's field: unused
+        now = cfg.settings()
+        diff = {k: (v, now.get(k)) for k, v in previous.settings().items()
+                if k not in LOCATION_FIELDS and now.get(k) != v}
         if diff:
             raise ValueError(f"{cfg.workdir} holds a run with another configuration (changed: {diff}). "
                              "Use a new --workdir, or pass --overwrite to start over.")

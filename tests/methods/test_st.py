@@ -99,10 +99,10 @@ def test_paper_schedule_counts_epochs_over_each_stage_list(tmp_path):
     cfg = configs.get_config("stpp", "synthetic").replace(workdir=str(tmp_path), stage_epochs=9, batch_size=8)
     dataset = build_dataset("synthetic", split="1_16")  # 32 labeled, 480 unlabeled
     driver = SelfTrainingPlus(cfg, dataset, tf.distribute.get_strategy(), verbose=0)
-    teacher = driver.stage_config("1_teacher", 0)  # 32 < 200 labeled ids are repeated 7 times: 224 images
+    teacher = driver.stage_config(driver.PLAN[0], 0)  # 32 < 200 labeled ids are repeated 7 times: 224 images
     assert (teacher.steps_per_epoch, teacher.iterations) == (28, 9 * 28)
     assert driver.snapshot_steps(teacher) == (84, 168)  # 1/3 and 2/3 of 252 steps
-    student = driver.stage_config("6_student", 480)  # 32 x 15 + 480 = 960 images
+    student = driver.stage_config(driver.PLAN[5], 480)  # 32 x 15 + 480 = 960 images
     assert (student.steps_per_epoch, student.iterations) == (120, 9 * 120)
 
 
@@ -112,14 +112,30 @@ def test_cpu_settings_train_students_the_papers_epochs_relative_to_the_teacher(t
     cfg = configs.get_config("stpp", "synthetic").replace(workdir=str(tmp_path))
     dataset = build_dataset("synthetic", split="1_16")  # 32 labeled (x 7 = 224 a teacher epoch), 480 unlabeled
     driver = SelfTrainingPlus(cfg, dataset, tf.distribute.get_strategy(), verbose=0)
-    assert driver.stage_config("1_teacher", 0).iterations == cfg.iterations == 3000
+    assert driver.stage_config(driver.PLAN[0], 0).iterations == cfg.iterations == 3000
     # 3000 x 496 / 224 = 6643 and 3000 x 960 / 224 = 12857, rounded up to whole epochs of 500 steps
-    assert driver.stage_config("4_student_reliable", 240).iterations == 7000
-    assert driver.stage_config("6_student", 480).iterations == 13000
+    assert driver.stage_config(driver.PLAN[3], 240).iterations == 7000
+    assert driver.stage_config(driver.PLAN[5], 480).iterations == 13000
     short = SelfTrainingPlus(cfg.replace(iterations=20), dataset, tf.distribute.get_strategy(), verbose=0)
-    assert short.stage_config("6_student", 480).iterations == 86  # --iterations reaches the students too
+    assert short.stage_config(short.PLAN[5], 480).iterations == 86  # --iterations reaches the students too
     fixed = SelfTraining(cfg.replace(student_iterations=500), dataset, tf.distribute.get_strategy(), verbose=0)
-    assert fixed.stage_config("3_student", 480).iterations == 500
+    assert fixed.stage_config(fixed.PLAN[2], 480).iterations == 500
+
+
+def test_stages_are_records_each_reading_earlier_stages():
+    """The plans are data: stage kinds, their inputs (earlier stages only) and directory names."""
+    from tfsemiseg.methods.st import Stage
+
+    for driver in (SelfTraining, SelfTrainingPlus):
+        names = [stage.name for stage in driver.PLAN]
+        assert [stage.index for stage in driver.PLAN] == list(range(1, len(names) + 1))
+        for position, stage in enumerate(driver.PLAN):
+            assert all(name in names[:position] for name in stage.inputs)
+        assert driver.PLAN[0].is_teacher and not any(s.is_teacher for s in driver.PLAN[1:])
+        assert driver.PLAN[-1].kind == "train"
+    assert [s.dirname for s in SelfTrainingPlus.PLAN] == ["1_teacher", "2_select", "3_label_reliable",
+                                                          "4_student_reliable", "5_label_unreliable", "6_student"]
+    assert SelfTrainingPlus.PLAN[5] == Stage(6, "student", "train", ("label_reliable", "label_unreliable"))
 
 
 def test_stpp_needs_three_teacher_iterations(tmp_path):

@@ -45,6 +45,16 @@ class DiscriminatorLearningRate(keras.callbacks.Callback):
 
 @register("alss")
 class AdvSemiSeg(SegmentationMethod):
+    # The method's own settings (`Config.params`): Hung et al.'s defaults; configs/alss.py per dataset.
+    hyperparameters = dict(
+        lambda_adv=0.01,        # adversarial loss on labeled predictions
+        lambda_semi_adv=0.001,  # adversarial loss on unlabeled predictions
+        lambda_semi=0.1,        # semi-supervised (confidence-masked self-training) loss
+        T_semi=0.2,             # the discriminator's confidence threshold for the semi loss
+        semi_start=5000,        # iteration from which the semi loss counts
+        semi_start_adv=0,       # iteration from which the unlabeled adversarial loss counts
+        d_lr=1e-4, d_beta_1=0.9, d_beta_2=0.99,  # the discriminator's Adam
+    )
     loss_names = ("loss_ce", "loss_adv", "loss_semi_adv", "loss_semi", "loss_d",
                   "semi_fraction", "d_acc_real", "d_acc_fake")
 

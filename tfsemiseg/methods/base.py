@@ -51,6 +51,9 @@ class SegmentationMethod(keras.Model):
     """
 
     loss_names = ("loss",)
+    # The method's own settings and their defaults, {name: default}; `configs.get_config` puts them
+    # in the run's `Config.params`, `--set name=value` overrides them and config.json records them.
+    hyperparameters = {}
 
     def __init__(self, segmenter, num_classes, head_lr_mult=10.0, eval_window=None, eval_stride=None,
                  weight_decay=0.0, **kwargs):

@@ -23,9 +23,7 @@ class FixMatch(UniMatch):
     strong_views = 1
 
     def train_step(self, data):
-        x, y = data["labeled"]["image"], data["labeled"]["label"]
-        u = data["unlabeled"]
-        u_w, valid = u["image"], u["valid"] > 0
+        x, y, u, u_w, valid = self.unpack(data)
         n = tf.shape(x)[0]
 
         with tf.GradientTape() as tape:

@@ -153,6 +153,15 @@ def build_classifier(channels, num_outputs):
 
 @register("pseudoseg")
 class PseudoSeg(SegmentationMethod):
+    # The method's own settings (`Config.params`): the official code's defaults.
+    hyperparameters = dict(
+        lambda_u=1.0,            # weight of the consistency loss on the strong view
+        fusion_gamma=0.5,        # the SGC's share of the fused pseudo-label
+        pseudo_temperature=0.5,  # sharpening temperature T
+        attention_dim=128,       # SGC query / key width
+        # "": predicted classes; "masks": from the unlabeled crops' masks; a file: "<image id> <class> ..." lines
+        image_labels="",
+    )
     loss_names = ("loss_sup", "loss_sa", "loss_cls", "loss_u", "pseudo_confidence", "classes_per_image")
 
     def __init__(self, segmenter, num_classes, background=None, lambda_u=1.0, gamma=0.5, temperature=0.5,

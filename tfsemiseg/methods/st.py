@@ -64,6 +64,33 @@ from tfsemiseg.methods.base import register
 from tfsemiseg.methods.suponly import SupOnly
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a self-training plan, as data.
+
+    index, name: its place and name; its outputs go to `<workdir>/<index>_<name>/` (`dirname`).
+    kind: "train" (a fresh SupOnly network on the labeled images plus the pseudo-labels of the
+        `inputs` stages; the teacher has no inputs), "select" (rank the unlabeled images by the
+        stability of the snapshots of the model `inputs[0]` trained), or "label" (the model of
+        `inputs[0]` pseudo-labels the unlabeled images, or only the `subset` ("reliable" /
+        "unreliable") of the selection `inputs[1]`).
+    """
+
+    index: int
+    name: str
+    kind: str
+    inputs: tuple = ()
+    subset: str = ""
+
+    @property
+    def dirname(self):
+        return f"{self.index}_{self.name}"
+
+    @property
+    def is_teacher(self):
+        return self.kind == "train" and not self.inputs
+
+
 def stability_scores(earlier, final, num_classes, valid=None):
     """ST++'s stability s(u) [B]: the mean over `earlier` predictions (a list of int [B, H, W], one
     per earlier checkpoint) of their per-image mIoU against `final`, the last checkpoint's prediction.
@@ -120,6 +147,17 @@ class SelfTraining:
     """The ST driver (see the module docstring). `run` is what `runner.train` calls."""
 
     description = "ST: a SupOnly teacher pseudo-labels every unlabeled image once, a student retrains (Yang et al., CVPR 2022)"
+    # The method's own settings (`Config.params`).
+    hyperparameters = dict(
+        # > 0: every training stage runs this many epochs over its own image list (paper: 80); else
+        # the teacher trains `iterations` and each student `student_iterations` (0: the paper's ratio,
+        # as many epochs over its labeled + pseudo-labeled list as the teacher over its labeled list).
+        stage_epochs=0,
+        student_iterations=0,
+        teacher="",  # a finished SupOnly run of the same setting and seed as stage 1 (not trained)
+        tta_scales=(0.5, 0.75, 1.0, 1.5, 2.0),  # pseudo-labelling test-time augmentation
+        tta_flip=True,
+    )
 
     def __init__(self, cfg, dataset, strategy, verbose=1):
         self.cfg, self.dataset, self.strategy, self.verbose = cfg, dataset, strategy, verbose
@@ -138,11 +176,27 @@ class SelfTraining:
         """As `SegmentationMethod.input_files`: none besides the dataset."""
         return ()
 
+    PLAN = (
+        Stage(1, "teacher", "train"),
+        Stage(2, "pseudo_label", "label", ("teacher",)),
+        Stage(3, "student", "train", ("pseudo_label",)),
+    )
+
     def stages(self):
-        """The stages in order; returns the directory of the last (reported) student."""
-        teacher = self.train("1_teacher")
-        pseudo = self.pseudo_label("2_pseudo_label", teacher, self.dataset.unlabeled)
-        return self.train("3_student", pseudo)
+        """Run the plan's stages in order (finished ones are skipped); returns the directory of the
+        last (reported) student."""
+        outputs = {}
+        for stage in self.PLAN:
+            if stage.kind == "train":
+                outputs[stage.name] = self.train(stage, [pair for name in stage.inputs for pair in outputs[name]])
+            elif stage.kind == "select":
+                outputs[stage.name] = self.select(stage, outputs[stage.inputs[0]])
+            elif stage.kind == "label":
+                keys = outputs[stage.inputs[1]][stage.subset] if stage.subset else self.dataset.unlabeled
+                outputs[stage.name] = self.pseudo_label(stage, outputs[stage.inputs[0]], keys)
+            else:
+                raise ValueError(f"unknown stage kind {stage.kind!r} in {stage}")
+        return outputs[self.PLAN[-1].name]
 
     # -- training stages ---------------------------------------------------------------------------
 
@@ -158,7 +212,7 @@ class SelfTraining:
         if cfg.stage_epochs:
             steps = max(1, student_images // cfg.batch_size)
             return cfg.replace(iterations=cfg.stage_epochs * steps, steps_per_epoch=steps)
-        if not num_pseudo:
+        if stage.is_teacher:
             return cfg
         if cfg.student_iterations:
             return cfg.replace(iterations=cfg.student_iterations)
@@ -180,19 +234,19 @@ class SelfTraining:
 
     def train(self, stage, pseudo=()):
         """Train a fresh SupOnly network on the labeled images plus `pseudo` ((key, png) pairs)."""
-        if not pseudo and self.cfg.teacher:
-            return self.reused_teacher()
-        stage_dir = os.path.join(self.workdir, stage)
+        if stage.is_teacher and self.cfg.teacher:
+            return self.reused_teacher(stage)
+        stage_dir = os.path.join(self.workdir, stage.dirname)
         if os.path.exists(os.path.join(stage_dir, "metrics.json")):
-            self.say(f"{stage}: finished, skipped")
+            self.say(f"{stage.dirname}: finished, skipped")
             return stage_dir
         cfg = self.stage_config(stage, len(pseudo))
-        self.say(f"{stage}: training on {len(self.dataset.labeled)} labeled + {len(pseudo)} pseudo-labeled images, "
+        self.say(f"{stage.dirname}: training on {len(self.dataset.labeled)} labeled + {len(pseudo)} pseudo-labeled images, "
                  f"{cfg.iterations} iterations")
-        keras.utils.set_random_seed(cfg.seed + int(stage.split("_")[0]))  # a fresh, reproducible init
+        keras.utils.set_random_seed(cfg.seed + stage.index)  # a fresh, reproducible init
         with self.strategy.scope():
             model = SupOnly.create(cfg, self.dataset)
-        log_dir = os.path.join(self.workdir, "logs", stage)
+        log_dir = os.path.join(self.workdir, "logs", stage.dirname)
         callbacks = SupOnly.extra_callbacks(model, self.dataset, cfg.replace(workdir=stage_dir), log_dir)
         data_paths = self.dataset.paths("labeled")
         if pseudo:
@@ -206,9 +260,10 @@ class SelfTraining:
         return stage_dir
 
     # Where a run lives or what only ST uses: a teacher may differ in these and still be this run's.
-    TEACHER_IGNORED = ("method", "workdir", "data_dir", "eval_every")
+    # (layout: only the teacher's final model and snapshots are read, which load in any layout.)
+    TEACHER_IGNORED = ("method", "workdir", "data_dir", "eval_every", "layout")
 
-    def reused_teacher(self):
+    def reused_teacher(self, stage):
         """`cfg.teacher`, checked: a finished SupOnly run of this run's setting (every shared field but
         its location), with the snapshots ST++ needs."""
         teacher, cfg = self.cfg.teacher, self.cfg
@@ -219,9 +274,9 @@ class SelfTraining:
                 raise ValueError(f"--set teacher={teacher}: {path} not found; the teacher must be a finished "
                                  "`--method=suponly` run of the same setting and seed.")
         theirs = Config.from_json(open(config_path).read())
-        changed = {name: (getattr(theirs, name), getattr(cfg, name)) for name in vars(cfg)
-                   if not cfg.owners(name) and name not in self.TEACHER_IGNORED
-                   and getattr(theirs, name) != getattr(cfg, name)}
+        mine, shared = cfg.shared(), theirs.shared()
+        changed = {name: (shared[name], mine[name]) for name in mine
+                   if name not in self.TEACHER_IGNORED and shared[name] != mine[name]}
         if theirs.method != "suponly" or changed:
             raise ValueError(f"--set teacher={teacher}: not a SupOnly run of this setting (method "
                              f"{theirs.method!r}; differs in {changed or 'nothing else'}). Train the teacher with "
@@ -232,7 +287,7 @@ class SelfTraining:
                 raise ValueError(f"--set teacher={teacher}: its snapshot {path} is missing (ST++ compares the "
                                  "teacher at 1/3 and 2/3 of training). Train the teacher again, or leave "
                                  "--set teacher unset.")
-        self.say(f"1_teacher: the SupOnly run {teacher}")
+        self.say(f"{stage.dirname}: the SupOnly run {teacher}")
         return teacher
 
     def mixed_data(self, cfg, relabeled):
@@ -257,11 +312,11 @@ class SelfTraining:
     def pseudo_label(self, stage, model_dir, keys):
         """Hard TTA pseudo-labels of `keys` by the model of `model_dir`, as PNGs in `<workdir>/<stage>/`
         (at each image's size on disk, 255 nowhere). Returns (key, png path) pairs."""
-        out = os.path.join(self.workdir, stage)
+        out = os.path.join(self.workdir, stage.dirname)
         if os.path.exists(out):
-            self.say(f"{stage}: finished, skipped")
+            self.say(f"{stage.dirname}: finished, skipped")
         else:
-            self.say(f"{stage}: pseudo-labelling {len(keys)} images with {os.path.basename(model_dir)}")
+            self.say(f"{stage.dirname}: pseudo-labelling {len(keys)} images with {os.path.basename(model_dir)}")
             segmenter, cfg, start = self.load(model_dir), self.cfg, time.time()
 
             @tf.function(reduce_retracing=True)
@@ -270,7 +325,7 @@ class SelfTraining:
                 return tf.argmax(scores, axis=-1, output_type=tf.int32)
 
             names = iter(_label_names(keys))
-            writer = tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage, "images"))
+            writer = tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage.dirname, "images"))
             with training.atomic_dir(out) as tmp:
                 with open(os.path.join(tmp, "labels.txt"), "w") as manifest:
                     for i, batch in enumerate(self.batches(keys)):
@@ -298,18 +353,17 @@ class SelfTraining:
         os.replace(final + ".tmp", final)
         result = json.load(open(os.path.join(final_dir, "metrics.json")))
         stages = {}
-        for name in sorted(os.listdir(self.workdir)):
-            if not name[:1].isdigit() or name.endswith(".tmp"):
+        for stage in self.PLAN:
+            if stage.is_teacher and self.cfg.teacher:  # trained by the SupOnly run, counted there
+                found = json.load(open(os.path.join(self.cfg.teacher, "metrics.json")))
+                stages[stage.dirname] = {"miou": found["miou"], "train_seconds": 0.0, "reused": True}
                 continue
             for file, keys in (("metrics.json", ("miou", "train_seconds")), ("summary.json", ("seconds",))):
-                path = os.path.join(self.workdir, name, file)
+                path = os.path.join(self.workdir, stage.dirname, file)
                 if os.path.isfile(path):
                     found = json.load(open(path))
-                    stages[name] = {k: found[k] for k in keys}
+                    stages[stage.dirname] = {k: found[k] for k in keys}
         seconds = sum(s.get("train_seconds", s.get("seconds", 0)) for s in stages.values())
-        if self.cfg.teacher:  # trained by the SupOnly run, counted there
-            found = json.load(open(os.path.join(self.cfg.teacher, "metrics.json")))
-            stages = {"1_teacher": {"miou": found["miou"], "train_seconds": 0.0, "reused": True}, **stages}
         result.update(method=self.cfg.method, stages=stages, total_seconds=round(seconds, 1))
         training.atomic_write(os.path.join(self.workdir, "metrics.json"), json.dumps(result, indent=2))
         return result
@@ -335,6 +389,8 @@ class SelfTrainingPlus(SelfTraining):
 
     description = ("ST++: ST with the unlabeled images ranked by the stability of the teacher's snapshots, reliable "
                "ones first (Yang et al., CVPR 2022)")
+    hyperparameters = dict(SelfTraining.hyperparameters,
+                           reliable_fraction=0.5)  # the share of unlabeled images deemed reliable
 
     def __init__(self, cfg, dataset, strategy, verbose=1):
         super().__init__(cfg, dataset, strategy, verbose)
@@ -345,25 +401,27 @@ class SelfTrainingPlus(SelfTraining):
     def snapshot_steps(self, cfg):
         return training.snapshot_steps(cfg.iterations)
 
-    def stages(self):
-        teacher = self.train("1_teacher")
-        reliable, unreliable = self.select("2_select", teacher)
-        reliable_labels = self.pseudo_label("3_label_reliable", teacher, reliable)
-        student = self.train("4_student_reliable", reliable_labels)
-        unreliable_labels = self.pseudo_label("5_label_unreliable", student, unreliable)
-        return self.train("6_student", reliable_labels + unreliable_labels)
+    PLAN = (
+        Stage(1, "teacher", "train"),
+        Stage(2, "select", "select", ("teacher",)),
+        Stage(3, "label_reliable", "label", ("teacher", "select"), subset="reliable"),
+        Stage(4, "student_reliable", "train", ("label_reliable",)),
+        Stage(5, "label_unreliable", "label", ("student_reliable", "select"), subset="unreliable"),
+        Stage(6, "student", "train", ("label_reliable", "label_unreliable")),
+    )
 
     def select(self, stage, teacher_dir):
         """Score every unlabeled image's stability across the teacher's checkpoints; write the
-        ranking (scores.txt) and the reliable.txt / unreliable.txt split. Returns both key lists."""
-        out = os.path.join(self.workdir, stage)
+        ranking (scores.txt) and the reliable.txt / unreliable.txt split. Returns both key lists,
+        as {"reliable": keys, "unreliable": keys}."""
+        out = os.path.join(self.workdir, stage.dirname)
         if os.path.exists(out):
-            self.say(f"{stage}: finished, skipped")
+            self.say(f"{stage.dirname}: finished, skipped")
         else:
             keys, start = self.dataset.unlabeled, time.time()
-            self.say(f"{stage}: scoring the stability of {len(keys)} unlabeled images")
+            self.say(f"{stage.dirname}: scoring the stability of {len(keys)} unlabeled images")
             snapshots = os.path.join(teacher_dir, "snapshots")
-            teacher_cfg = self.stage_config("1_teacher", 0)
+            teacher_cfg = self.stage_config(self.PLAN[0], 0)
             earlier = [keras.saving.load_model(training.SaveSegmenterAt.path(snapshots, step))
                        for step in self.snapshot_steps(teacher_cfg)]
             final, num_classes = self.load(teacher_dir), self.dataset.num_classes
@@ -386,6 +444,6 @@ class SelfTrainingPlus(SelfTraining):
                     "images": len(keys), "reliable": len(reliable), "mean_score": float(scores.mean()),
                     "threshold": float(scores[order[len(reliable) - 1]]) if reliable else None,
                     "seconds": round(time.time() - start, 1)}))
-            with tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage)).as_default():
+            with tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage.dirname)).as_default():
                 tf.summary.histogram("stability", scores, step=0)
-        return _read_keys(os.path.join(out, "reliable.txt")), _read_keys(os.path.join(out, "unreliable.txt"))
+        return {part: _read_keys(os.path.join(out, f"{part}.txt")) for part in ("reliable", "unreliable")}

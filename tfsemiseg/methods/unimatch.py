@@ -75,6 +75,11 @@ class UniMatch(SegmentationMethod):
 
     loss_names = ("loss", "loss_x", "loss_s", "loss_fp", "mask_ratio")
     strong_views = 2
+    # The method's own settings (`Config.params`): the official VOC defaults; configs/unimatch.py.
+    hyperparameters = dict(
+        tau=0.95,    # confidence threshold of the pseudo-labels (Cityscapes: 0)
+        ohem=False,  # OHEM cross-entropy on the labeled images (Cityscapes)
+    )
 
     def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, **kwargs):
         super().__init__(segmenter, num_classes, **kwargs)
@@ -106,10 +111,14 @@ class UniMatch(SegmentationMethod):
     def unsupervised_loss(self, logits, target, confidence, valid):
         return losses.confident_cross_entropy(target, logits, confidence, self.tau, valid)
 
-    def train_step(self, data):
-        x, y = data["labeled"]["image"], data["labeled"]["label"]
+    @staticmethod
+    def unpack(data):
+        """(x, y, the unlabeled views, u_w, its padding mask as bool) of a step's batch."""
         u = data["unlabeled"]
-        u_w, valid = u["image"], u["valid"] > 0
+        return data["labeled"]["image"], data["labeled"]["label"], u, u["image"], u["valid"] > 0
+
+    def train_step(self, data):
+        x, y, u, u_w, valid = self.unpack(data)
         n = tf.shape(x)[0]
 
         with tf.GradientTape() as tape:
