@@ -14,7 +14,10 @@ With `--profile=DIR`, `--steps` more steps are traced with the TF profiler into 
 types that take the time are printed: each op's wall time summed over the executor threads (two
 ops running at once both count), as a share of the traced steps' wall time.
 With `--torch_python`, `../shared/bench/torch_alss_step.py` runs with the same crop, batch and
-classes in that (comparison-only) interpreter, and the ratio is printed.
+classes in that (comparison-only) interpreter, in each of `--torch_settings` (default: float32,
+channels_last, bf16 and bf16 + channels_last, PyTorch's best eager CPU setting), and two ratios
+are printed: against PyTorch in the same precision (bfloat16 with `--mixed_precision`) at its
+faster layout, and against PyTorch's best of the settings measured, whatever its precision.
 """
 
 import argparse
@@ -72,6 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--pipeline_batches", type=int, default=30)
     p.add_argument("--torch_python", default="", help="python of a venv with torch, for the reference")
     p.add_argument("--torch_script", default=os.path.join(ROOT, "..", "shared", "bench", "torch_alss_step.py"))
+    p.add_argument("--torch_settings", default="fp32,channels_last,bf16,bf16+channels_last",
+                   help="the reference's settings to time, comma-separated: fp32, channels_last, bf16, bf16+channels_last")
     p.add_argument("--profile", default="", help="folder: trace --steps more steps with the TF profiler (open it "
                    "in TensorBoard's profile plugin) and print the op types that take the time")
     p.add_argument("--top", type=int, default=15, help="op types printed with --profile")
@@ -240,13 +245,17 @@ finally:
 """
 
 
-def torch_reference(args):
+TORCH_FLAGS = {"fp32": [], "channels_last": ["--channels_last"], "bf16": ["--bf16"],
+               "bf16+channels_last": ["--bf16", "--channels_last"]}
+
+
+def torch_reference(args, setting="fp32"):
     """(seconds per iteration, GFLOP per iteration, peak RSS and the file-backed part of RSS at the end
-    in MiB, its summary line) of the PyTorch step."""
+    in MiB, its summary line) of the PyTorch step in `setting` (a `TORCH_FLAGS` key)."""
     cmd = [args.torch_python, "-c", _PEAK_WRAPPER, args.torch_script, "--crop", str(args.crop),
            "--batch", str(args.batch), "--classes", str(args.classes), "--steps", str(args.steps)]
-    out = subprocess.run(cmd + (["--freeze_bn"] if args.freeze_bn else []), capture_output=True, text=True,
-                         check=True).stdout
+    cmd += TORCH_FLAGS[setting] + (["--freeze_bn"] if args.freeze_bn else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     gflop = re.search(r"gflop_per_step=([\d.]+)", out)
     summary = [line for line in out.splitlines() if "step_s=" in line][-1]
     return (float(re.search(r"step_s=([\d.]+)", out).group(1)), float(gflop.group(1)) if gflop else None,
@@ -283,14 +292,32 @@ def main(argv=None):
         rate = pipeline_rate(args, cfg)
         print(f"input pipeline ({args.pipeline}): {rate:.1f} batches/s, {rate * median:.1f}x what the step consumes")
     if args.torch_python:
-        reference, gflop, peak, file, line = torch_reference(args)
-        print(f"PyTorch reference: {line}, peak RSS {peak:.0f} MiB (file-backed {file:.0f})")
-        print(f"ratio tfsemiseg / PyTorch: {median / reference:.2f} (below 1: tfsemiseg faster)")
-        if gflop:  # the same arithmetic: the reference counts it with torch's FLOP counter
-            precision = "bfloat16" if args.mixed_precision else "float32"
-            print(f"tfsemiseg arithmetic: {gflop / median:.0f} GFLOP/s, {100 * gflop / median / peak_gflops[precision]:.0f} % "
-                  f"of the {precision} dense matmul ({gflop:.1f} GFLOP per iteration)")
+        compare_with_torch(args, median, peak_gflops)
     return 0
+
+
+def compare_with_torch(args, median, peak_gflops):
+    """Time the PyTorch reference in each of `--torch_settings` and print tfsemiseg's ratios: against
+    the same precision (its faster layout) and against the best setting measured."""
+    measured, gflop = {}, None
+    for setting in [s.strip() for s in args.torch_settings.split(",") if s.strip()]:
+        if setting not in TORCH_FLAGS:
+            raise SystemExit(f"--torch_settings: unknown setting {setting!r}; choose from {', '.join(TORCH_FLAGS)}")
+        seconds, gflop_i, peak, file, line = torch_reference(args, setting)
+        measured[setting], gflop = seconds, gflop or gflop_i
+        print(f"PyTorch {setting}: {line}, peak RSS {peak:.0f} MiB (file-backed {file:.0f})")
+    precision = "bfloat16" if args.mixed_precision else "float32"
+    same = {k: v for k, v in measured.items() if k.startswith("bf16") == args.mixed_precision}
+    if same:
+        name = min(same, key=same.get)
+        print(f"ratio tfsemiseg ({precision}) / PyTorch same precision ({name}): {median / same[name]:.2f} "
+              "(below 1: tfsemiseg faster)")
+    best = min(measured, key=measured.get)
+    print(f"ratio tfsemiseg ({precision}) / PyTorch's best ({best}, {measured[best]:.3f} s): "
+          f"{median / measured[best]:.2f}; PyTorch's best / tfsemiseg: {measured[best] / median:.2f}x")
+    if gflop:  # the same arithmetic: the reference counts it with torch's FLOP counter
+        print(f"tfsemiseg arithmetic: {gflop / median:.0f} GFLOP/s, {100 * gflop / median / peak_gflops[precision]:.0f} % "
+              f"of the {precision} dense matmul ({gflop:.1f} GFLOP per iteration)")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,10 @@ def cityscapes_tree(tmp_path):
                 write_label(str(root / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png"),
                             random_label(24, 32, 19, seed=i, ignore=255))
     return str(root)
+
+
+def for_method(cfg, **settings):
+    """`cfg` with the `settings` that are its own or shared; another method's settings are left out
+    (tests that run several methods with one list, e.g. ALSS's semi_start beside ST's tta_scales)."""
+    known = cfg.settings()
+    return cfg.replace(**{k: v for k, v in settings.items() if k in known})

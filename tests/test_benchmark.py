@@ -163,24 +163,30 @@ def test_speed_benchmark_stream_does_not_autotune():
     assert [float(b["image"][0][0]) for b in stream.take(2)] == [1.0, 1.0]
 
 
-def test_speed_benchmark_runs_the_reference_and_prints_the_ratio(capsys, tmp_path):
+def test_speed_benchmark_runs_the_reference_in_each_setting_and_prints_both_ratios(capsys, tmp_path):
     """The reference runs in its own interpreter (here a stand-in script printing what
-    ../shared/bench/torch_alss_step.py prints); its time, FLOPs and memory come back as figures."""
+    ../shared/bench/torch_alss_step.py prints, faster with --bf16 and --channels_last), once per
+    setting; the ratios compare with the same precision and with PyTorch's best setting."""
     import sys
 
     fake = tmp_path / "reference.py"
     fake.write_text("import sys\nassert sys.argv[1:5] == ['--crop', '33', '--batch', '2']\n"
-                    "print('torch 0 threads=2')\nprint('step_s=4.000 seg_images_per_s=1.0 gflop_per_step=2.0 "
+                    "s = 4.0 / (2 if '--bf16' in sys.argv else 1) / (1.25 if '--channels_last' in sys.argv else 1)\n"
+                    "print('torch 0 threads=2')\nprint(f'step_s={s:.3f} seg_images_per_s=1.0 gflop_per_step=2.0 "
                     "achieved_gflops=0.5')\n")
     assert speed.main(["--method=alss", "--arch=deeplabv2", "--backbone=tiny", "--crop=33", "--batch=2",
                        "--steps=1", "--repeats=1", "--pipeline=", f"--torch_python={sys.executable}",
                        f"--torch_script={fake}"]) == 0
     out = capsys.readouterr().out
     median = float(out.split("median ")[1].split(" s/iter")[0])
-    ratio = float(out.split("ratio tfsemiseg / PyTorch: ")[1].split()[0])
-    assert abs(ratio - median / 4.0) <= 0.006  # the median is printed rounded to 1 ms
-    reference = out.split("PyTorch reference:")[1].splitlines()[0]
-    assert "step_s=4.000" in reference and "peak RSS" in reference and "(file-backed " in reference
+    for setting, seconds in (("fp32", "4.000"), ("channels_last", "3.200"), ("bf16", "2.000"),
+                             ("bf16+channels_last", "1.600")):
+        line = out.split(f"PyTorch {setting}:")[1].splitlines()[0]
+        assert f"step_s={seconds}" in line and "peak RSS" in line and "(file-backed " in line
+    same = float(out.split("PyTorch same precision (channels_last): ")[1].split()[0])
+    assert abs(same - median / 3.2) <= 0.006  # float32 against PyTorch's faster float32 layout
+    best = float(out.split("PyTorch's best (bf16+channels_last, 1.600 s): ")[1].split(";")[0])
+    assert abs(best - median / 1.6) <= 0.006  # the median is printed rounded to 1 ms
     achieved = float(out.split("tfsemiseg arithmetic: ")[1].split(" GFLOP/s")[0])
     assert abs(achieved - 2.0 / median) <= 1 and "of the float32 dense matmul" in out  # median printed rounded
 

@@ -21,9 +21,10 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import configs
+from tests.conftest import for_method
 from tfsemiseg import runner
 method, distribute, mixed, workdir = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
-cfg = configs.get_config(method, "synthetic").replace(
+cfg = for_method(configs.get_config(method, "synthetic"),
     workdir=workdir, iterations=4, steps_per_epoch=2, crop_size=32, batch_size=4, distribute=distribute,
     mixed_precision=mixed, semi_start=2, student_iterations=4, tta_scales=(1.0,), image_size=32)
 strategy = runner.make_strategy(distribute)
@@ -111,9 +112,10 @@ def test_mixed_precision_trains_with_float32_logits(tmp_path, method):
 WORKER = r"""
 import json, sys
 import configs
+from tests.conftest import for_method
 from tfsemiseg import runner
 method, distribute, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
-cfg = configs.get_config(method, "synthetic").replace(
+cfg = for_method(configs.get_config(method, "synthetic"),
     workdir=workdir, iterations=4, steps_per_epoch=2, crop_size=32, batch_size=4, distribute=distribute,
     semi_start=2, image_size=32, deterministic=True, arch="deeplabv2", aspp_rates=(1, 2, 3, 4))  # no dropout
 metrics = runner.train(cfg, verbose=0)

@@ -5,6 +5,7 @@ import keras
 import pytest
 
 import configs
+from tests.conftest import for_method
 from tfsemiseg import runner
 from tfsemiseg.methods import SupOnly
 
@@ -63,8 +64,9 @@ def test_a_resumed_run_restores_every_optimizer(tmp_path, monkeypatch, method):
     original = cls.extra_callbacks
     results = {}
     for name, interrupt in (("uninterrupted", False), ("resumed", True)):
-        cfg = configs.get_config(method, "synthetic").replace(
-            workdir=str(tmp_path / name), iterations=9, steps_per_epoch=3, crop_size=32, batch_size=2, semi_start=3)
+        cfg = for_method(configs.get_config(method, "synthetic"),
+                         workdir=str(tmp_path / name), iterations=9, steps_per_epoch=3, crop_size=32, batch_size=2,
+                         semi_start=3)
         if interrupt:
             monkeypatch.setattr(cls, "extra_callbacks", staticmethod(lambda *a: [Interrupt()]))
             with pytest.raises(KeyboardInterrupt):
