@@ -195,3 +195,17 @@ def test_the_unlabeled_stream_keeps_its_single_strong_view_for_other_methods():
 
     u = next(iter(pipeline.unlabeled_stream(runner.load_dataset(cfg), cfg, strong=augment.StrongAugment())))
     assert sorted(u) == ["image", "image_strong", "valid", "valid_strong"]
+
+
+@pytest.mark.parametrize("cls", [UniMatch, FixMatch])
+def test_before_semi_start_the_loss_is_the_supervised_one(cls):
+    """The from-scratch setting's warm-up: L = L_x before `semi_start`, the paper's mix from it on."""
+    model = make_model(cls, tau=0.0, semi_start=2)
+    data = batch(views=cls.strong_views)
+    for step in range(3):
+        logs = {k: float(v) for k, v in model.train_step(data).items()}
+        assert logs["loss_s"] > 0  # computed and logged all along
+        if step < 2:
+            assert logs["loss"] == pytest.approx(logs["loss_x"], rel=1e-6)
+        else:
+            assert logs["loss"] < logs["loss_x"]  # halved, plus a smaller unsupervised part

@@ -34,7 +34,7 @@ class FixMatch(UniMatch):
                 u["box_1"], u["image_strong_1"], target, confidence, valid)
             loss_x = self.supervised_loss(y, logits_x)
             loss_s = self.unsupervised_loss(self.segmenter(strong, training=True), target_s, confidence_s, valid_s)
-            loss = (loss_x + loss_s) / 2
+            loss = self.combine(loss_x, loss_s)
         self.update_segmenter(tape, loss)
 
         return self.log(loss=loss, loss_x=loss_x, loss_s=loss_s,

@@ -14,7 +14,7 @@ A segmenter S with a classification head shares the backbone; on each unlabeled 
 and on labeled images x with ground truth y_x:
 
     L_sup = CE(S(x), y_x)      L_sa = CE(SGC(x), y_x)      L_cls = BCE(cls(c4(x)), classes in y_x)
-    L = L_sup + L_sa + L_cls + lambda_u L_u
+    L = L_sup + L_sa + L_cls + lambda_u L_u        (L_u from iteration `semi_start` on; 0 in the paper)
 
 With image-level labels (`image_labels`: "masks", the classes in each unlabeled crop's mask, or a
 file of per-image classes, `SegDataset.read_image_labels`), L_cls is computed on the unlabeled batch
@@ -161,14 +161,18 @@ class PseudoSeg(SegmentationMethod):
         attention_dim=128,       # SGC query / key width
         # "": predicted classes; "masks": from the unlabeled crops' masks; a file: "<image id> <class> ..." lines
         image_labels="",
+        # Iteration from which L_u counts (0 in the paper, whose networks start from ImageNet; the
+        # from-scratch synthetic setting warms up, configs/pseudoseg.py).
+        semi_start=0,
     )
     loss_names = ("loss_sup", "loss_sa", "loss_cls", "loss_u", "pseudo_confidence", "classes_per_image")
 
     def __init__(self, segmenter, num_classes, background=None, lambda_u=1.0, gamma=0.5, temperature=0.5,
-                 attention_dim=128, image_labels=False, cam_layer="c4", hypercolumn=("c3", "c4"), **kwargs):
+                 attention_dim=128, image_labels=False, cam_layer="c4", hypercolumn=("c3", "c4"), semi_start=0,
+                 **kwargs):
         super().__init__(segmenter, num_classes, **kwargs)
         self.background, self.lambda_u, self.gamma, self.temperature = background, lambda_u, gamma, temperature
-        self.image_labels = image_labels
+        self.image_labels, self.semi_start = image_labels, semi_start
         # One backbone pass gives the hypercolumn, the CAM features and (through the head) the logits.
         self.backbone, self.head = backbone_of(segmenter), head_of(segmenter)
         self.hypercolumn_index = [STAGES.index(n) for n in hypercolumn]
@@ -184,7 +188,7 @@ class PseudoSeg(SegmentationMethod):
         num_classes = dataset.num_classes
         model = cls(build_from_config(cfg, num_classes), num_classes, dataset.background, lambda_u=cfg.lambda_u,
                     gamma=cfg.fusion_gamma, temperature=cfg.pseudo_temperature, attention_dim=cfg.attention_dim,
-                    image_labels=bool(cfg.image_labels), **cls.shared_settings(cfg))
+                    image_labels=bool(cfg.image_labels), semi_start=cfg.semi_start, **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
         return model
 
@@ -263,7 +267,8 @@ class PseudoSeg(SegmentationMethod):
             # Strong view: consistency with the pseudo-labels.
             logits_strong = self.segmenter(u_strong, training=True)
             loss_u = losses.soft_cross_entropy(pseudo, logits_strong, valid)
-            loss = loss_sup + loss_sa + loss_cls + self.lambda_u * loss_u
+            semi = tf.cast(self.optimizer.iterations >= self.semi_start, tf.float32)
+            loss = loss_sup + loss_sa + loss_cls + semi * self.lambda_u * loss_u
         self.update_segmenter(tape, loss)
 
         confidence = tf.reduce_max(pseudo, axis=-1)

@@ -79,18 +79,21 @@ class UniMatch(SegmentationMethod):
     hyperparameters = dict(
         tau=0.95,    # confidence threshold of the pseudo-labels (Cityscapes: 0)
         ohem=False,  # OHEM cross-entropy on the labeled images (Cityscapes)
+        # Iteration from which the unsupervised losses count; before it L = L_x (0 in the paper,
+        # whose networks start from ImageNet; the from-scratch synthetic setting warms up, configs/).
+        semi_start=0,
     )
 
-    def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, **kwargs):
+    def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, semi_start=0, **kwargs):
         super().__init__(segmenter, num_classes, **kwargs)
-        self.tau, self.ohem = tau, ohem
+        self.tau, self.ohem, self.semi_start = tau, ohem, semi_start
         self.backbone, self.head = backbone_of(segmenter), head_of(segmenter)
 
     @classmethod
     def create(cls, cfg, dataset):
         # UniMatch's DeepLab-v3+ has no dropout: the FP stream is its only feature noise.
         model = cls(build_from_config(cfg, dataset.num_classes, dropout=False), dataset.num_classes,
-                    tau=cfg.tau, ohem=cfg.ohem, **cls.shared_settings(cfg))
+                    tau=cfg.tau, ohem=cfg.ohem, semi_start=cfg.semi_start, **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
         return model
 
@@ -110,6 +113,11 @@ class UniMatch(SegmentationMethod):
 
     def unsupervised_loss(self, logits, target, confidence, valid):
         return losses.confident_cross_entropy(target, logits, confidence, self.tau, valid)
+
+    def combine(self, loss_x, loss_u):
+        """(L_x + L_u) / 2 from `semi_start` on (L_u: the weighted unsupervised losses), L_x before it."""
+        on = tf.cast(self.optimizer.iterations >= self.semi_start, tf.float32)
+        return on * (loss_x + loss_u) / 2 + (1 - on) * loss_x
 
     @staticmethod
     def unpack(data):
@@ -139,7 +147,7 @@ class UniMatch(SegmentationMethod):
             loss_s1 = self.unsupervised_loss(logits_s1, *mixed[0][1:])
             loss_s2 = self.unsupervised_loss(logits_s2, *mixed[1][1:])
             loss_fp = self.unsupervised_loss(logits_fp, target, confidence, valid)
-            loss = (loss_x + 0.25 * loss_s1 + 0.25 * loss_s2 + 0.5 * loss_fp) / 2
+            loss = self.combine(loss_x, 0.25 * loss_s1 + 0.25 * loss_s2 + 0.5 * loss_fp)
         self.update_segmenter(tape, loss)
 
         return self.log(loss=loss, loss_x=loss_x, loss_s=(loss_s1 + loss_s2) / 2, loss_fp=loss_fp,
