@@ -6,7 +6,7 @@ import pytest
 
 import configs
 from tests.conftest import for_method
-from tfsemiseg import runner
+from tfsemiseg import runner, training
 from tfsemiseg.methods import SupOnly
 
 
@@ -185,15 +185,15 @@ def test_a_deleted_backup_file_is_not_resumed_from_random_weights(tmp_path, monk
 def test_a_failed_final_evaluation_resumes_without_retraining(tmp_path, monkeypatch):
     cfg = configs.get_config("suponly", "synthetic").replace(
         workdir=str(tmp_path / "run"), iterations=6, steps_per_epoch=3, crop_size=32, batch_size=2)
-    real = runner.fit_stage.__globals__["evaluate_model"]
+    real = training.fit_stage.__globals__["evaluate_model"]
 
     def failing(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setitem(runner.fit_stage.__globals__, "evaluate_model", failing)
+    monkeypatch.setitem(training.fit_stage.__globals__, "evaluate_model", failing)
     with pytest.raises(OSError):
         runner.train(cfg, verbose=0)
-    monkeypatch.setitem(runner.fit_stage.__globals__, "evaluate_model", real)
+    monkeypatch.setitem(training.fit_stage.__globals__, "evaluate_model", real)
     epochs_run = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch))
     monkeypatch.setattr(SupOnly, "extra_callbacks", staticmethod(lambda *a: [record]))

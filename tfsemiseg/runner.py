@@ -34,7 +34,7 @@ import tensorflow as tf
 from tfsemiseg.config import Config
 from tfsemiseg.data import build_dataset
 from tfsemiseg.methods import SegmentationMethod, get_method
-from tfsemiseg.training import (atomic_write, evaluate_model, fit_stage, make_strategy, run_lock, set_precision,
+from tfsemiseg.training import (atomic_write, evaluate_model, make_strategy, run_lock, set_precision,
                                 worker_workdir)
 
 
@@ -157,8 +157,8 @@ def _remove_run(workdir):
 def train(cfg, verbose=1, overwrite=False):
     """Train `cfg.method` as configured; returns the metrics written to metrics.json.
 
-    A method is either a `SegmentationMethod` (one `fit`) or a driver of several stages
-    (ST / ST++, with a `run` classmethod) that writes its stages under the same workdir.
+    Every method's `run` classmethod trains it: a `SegmentationMethod`'s is one `fit`, a driver's
+    (ST / ST++) runs its stages under the same workdir.
     A finished run is not trained again unless `overwrite`, which first deletes what the run wrote
     in the workdir (nothing else; not `workers/`, the other multi-worker processes' own
     directories). A folder of other files, without a run, is refused. A resumed run
@@ -205,14 +205,7 @@ def _train(cfg, strategy, verbose, overwrite):
                    record=os.path.join(cfg.workdir, "data_verified.json"))
     atomic_write(os.path.join(cfg.workdir, "config.json"), cfg.to_json())
 
-    if not issubclass(method, SegmentationMethod):
-        return method.run(cfg, dataset, strategy, verbose)
-    with strategy.scope():
-        model = method.create(cfg, dataset)
-    log_dir = os.path.join(cfg.workdir, "logs")
-    return fit_stage(model, method.train_data(dataset, cfg), cfg, dataset, cfg.workdir, log_dir,
-                     callbacks=method.extra_callbacks(model, dataset, cfg, log_dir), verbose=verbose,
-                     data_paths=dataset.paths("labeled") + dataset.paths("unlabeled"))
+    return method.run(cfg, dataset, strategy, verbose)  # one fit, or a driver's stages (ST, ST++)
 
 
 def load_run(workdir, data_dir=None):

@@ -8,7 +8,9 @@ trackers and the optimiser step with the head LR multiplier come from here.
 import keras
 import tensorflow as tf
 
-from tfsemiseg import metrics, optim
+import os
+
+from tfsemiseg import metrics, optim, training
 from tfsemiseg.inference import padded_logits, sliding_window_scores
 from tfsemiseg.callbacks import SegmentationImages
 
@@ -73,6 +75,18 @@ class SegmentationMethod(keras.Model):
         """The compiled method for a `Config` and a `SegDataset` (implemented by each method), with
         `shared_settings(cfg)` passed to the constructor and `optim.segmenter_sgd(cfg)` compiled."""
         raise NotImplementedError
+
+    @classmethod
+    def run(cls, cfg, dataset, strategy, verbose=1):
+        """Train a run: one `fit` of the compiled method on `train_data` (`training.fit_stage`: backups,
+        checkpoints, TensorBoard, the final model and metrics.json). What `runner.train` calls for
+        every method; a driver of several fits (ST, ST++) has its own `run`."""
+        with strategy.scope():
+            model = cls.create(cfg, dataset)
+        log_dir = os.path.join(cfg.workdir, "logs")
+        return training.fit_stage(model, cls.train_data(dataset, cfg), cfg, dataset, cfg.workdir, log_dir,
+                                  callbacks=cls.extra_callbacks(model, dataset, cfg, log_dir), verbose=verbose,
+                                  data_paths=dataset.paths("labeled") + dataset.paths("unlabeled"))
 
     @staticmethod
     def shared_settings(cfg):
