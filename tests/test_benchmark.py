@@ -223,7 +223,7 @@ def test_student_fit_measures_each_stage_on_what_it_trained_on(camvid_tree, tmp_
     st._write_keys(labels / "keys.txt", dataset.unlabeled)
     (labels / "labels.txt").write_text("\n".join(names) + "\n")
 
-    results = quality.student_fit(str(run), types.SimpleNamespace(image_scale=1.0), dataset)  # all it reads
+    results = quality.student_fit(str(run), types.SimpleNamespace(image_scale=1.0, method="st"), dataset)  # all it reads
     assert list(results) == ["1_teacher", "3_student"]
     assert list(results["1_teacher"]) == ["labeled vs truth"]
     views = results["3_student"]
