@@ -8,9 +8,8 @@ labeled : unlabeled batches 1 : 1 (the paper's 64 + 64 over 16 GPUs; 16 + 16 her
 width 128 (Config defaults). No 10x head LR: the official code uses one LR (2x on biases).
 
 CamVid and synthetic keep their dataset settings (the CPU-sized CamVid setting from ImageNet;
-the quickstart), so PseudoSeg is compared with the other methods under the same schedule. On the
-synthetic set, whose network starts from scratch, L_u starts at 25 % of training, as ALSS's semi
-loss (benchmarks/RESULTS.md: from step 0 the early pseudo-labels collapsed three of five shapes).
+the quickstart), so PseudoSeg is compared with the other methods under the same schedule, L_u
+from step 0 as the paper (`semi_start` delays it).
 """
 
 _PAPER = dict(arch="deeplabv3plus", backbone="resnet101", output_stride=16, aspp_rates=(6, 12, 18),
@@ -21,5 +20,4 @@ SETTINGS = {
     "voc": _PAPER,
     "cityscapes": dict(_PAPER, crop_size=512, eval_window=512),
     "folder": dict(_PAPER, backbone="resnet50"),
-    "synthetic": dict(semi_start=750),
 }

@@ -161,8 +161,7 @@ class PseudoSeg(SegmentationMethod):
         attention_dim=128,       # SGC query / key width
         # "": predicted classes; "masks": from the unlabeled crops' masks; a file: "<image id> <class> ..." lines
         image_labels="",
-        # Iteration from which L_u counts (0 in the paper, whose networks start from ImageNet; the
-        # from-scratch synthetic setting warms up, configs/pseudoseg.py).
+        # Iteration from which L_u counts (0, the paper's: its networks start from ImageNet).
         semi_start=0,
     )
     loss_names = ("loss_sup", "loss_sa", "loss_cls", "loss_u", "pseudo_confidence", "classes_per_image")

@@ -79,8 +79,8 @@ class UniMatch(SegmentationMethod):
     hyperparameters = dict(
         tau=0.95,    # confidence threshold of the pseudo-labels (Cityscapes: 0)
         ohem=False,  # OHEM cross-entropy on the labeled images (Cityscapes)
-        # Iteration from which the unsupervised losses count; before it L = L_x (0 in the paper,
-        # whose networks start from ImageNet; the from-scratch synthetic setting warms up, configs/).
+        # Iteration from which the unsupervised losses count; before it L = L_x (0, the paper's:
+        # its networks start from ImageNet).
         semi_start=0,
     )
 
