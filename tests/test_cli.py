@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tfsemiseg.methods import METHODS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -139,7 +141,7 @@ def test_a_diverged_run_exits_non_zero_and_names_the_loss(tmp_path):
     (["--set", "image_scale=0"], "--set image_scale=0"),
     (["--set", "scale_range=abc"], "--set scale_range=('abc',): must be two numbers"),
     (["--split=1_0"], "--split=1_0: a fraction a_b needs 0 < a <= b"),
-    (["--method=datasets"], "Unknown --method='datasets'; choose one of alss, pseudoseg, st, stpp, suponly"),
+    (["--method=datasets"], "Unknown --method='datasets'; choose one of " + ", ".join(METHODS)),
     (["--method=foo"], "Unknown --method='foo'; choose one of"),
     (["--method=pseudoseg", "--set", "image_labels=no_such_tags.txt"],
      "Image-level labels file no_such_tags.txt does not exist. Pass an existing file to --set image_labels"),
