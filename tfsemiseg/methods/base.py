@@ -5,10 +5,11 @@ equations; evaluation (`test_step`), inference with padding or sliding windows, 
 trackers and the optimiser step with the head LR multiplier come from here.
 """
 
+import os
+import sys
+
 import keras
 import tensorflow as tf
-
-import os
 
 from tfsemiseg import metrics, optim, training
 from tfsemiseg.inference import padded_logits, sliding_window_scores
@@ -27,15 +28,12 @@ def register(name):
         if name in METHODS and METHODS[name] is not cls:
             raise ValueError(f"two methods registered as {name!r}: {METHODS[name].__name__} and {cls.__name__}")
         METHODS[name] = cls
-        cls.method_name = name
         return cls
     return add
 
 
 def describe(cls):
     """One line for --help: the class's `description`, else the first line of its module's docstring."""
-    import sys
-
     text = getattr(cls, "description", None) or sys.modules[cls.__module__].__doc__ or cls.__name__
     return text.strip().splitlines()[0].rstrip(".")
 
