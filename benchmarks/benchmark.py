@@ -37,7 +37,6 @@ sys.path.insert(0, ROOT)
 
 import tfsemiseg  # noqa: E402,F401  (before TensorFlow: oneDNN kernels, see tfsemiseg/__init__.py)
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import configs  # noqa: E402

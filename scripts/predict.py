@@ -14,7 +14,7 @@ import _bootstrap  # noqa: F401
 from absl import app, flags
 
 from tfsemiseg import export, runner
-from tfsemiseg.training import disk_full, disk_full_message
+from tfsemiseg.files import disk_full, disk_full_message
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "directory of a finished train.py run", required=True)

@@ -22,7 +22,7 @@ from tfsemiseg import runner
 from tfsemiseg.callbacks import BackupError, TrainingDiverged
 from tfsemiseg.data import DataError
 from tfsemiseg.methods import METHODS, describe
-from tfsemiseg.training import disk_full, disk_full_message
+from tfsemiseg.files import disk_full, disk_full_message
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("method", "suponly", "; ".join(f"{name}: {describe(cls)}" for name, cls in METHODS.items()))

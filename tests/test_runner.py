@@ -162,6 +162,26 @@ def test_a_backup_damaged_mid_file_is_detected_and_the_previous_epoch_resumed(tm
     assert f"warning: {latest} is damaged" in capsys.readouterr().err
 
 
+def test_a_half_written_first_backup_starts_the_fit_over_and_says_so(tmp_path, monkeypatch, capsys):
+    """Regression: a kill or a full disk while h5py wrote the first epoch's backup (no checksum yet,
+    no earlier backup) failed every rerun with h5py's 'addr overflow'."""
+    cfg = _interrupted_run(tmp_path, monkeypatch, 1)
+    backup = os.path.join(cfg.workdir, "backup")
+    latest = os.path.join(backup, "latest.weights.h5")
+    open(latest, "wb").write(open(latest, "rb").read()[:4096])
+    for name in ("checksums.json", "training_metadata.json"):  # written after the weights
+        os.remove(os.path.join(backup, name))
+    from tfsemiseg.callbacks import Backup
+    assert Backup.intact(backup) == "none" and Backup.resumed_epoch(backup) == 0
+    epochs_run = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch))
+    monkeypatch.setattr(SupOnly, "extra_callbacks", staticmethod(lambda *a: [record]))
+    capsys.readouterr()
+    assert runner.train(cfg, verbose=0)["steps"] == 9
+    assert epochs_run == [0, 1, 2]
+    assert "was not completely written" in capsys.readouterr().err
+
+
 def test_a_damaged_backup_without_a_previous_one_is_named(tmp_path, monkeypatch):
     from tfsemiseg.callbacks import BackupError
 

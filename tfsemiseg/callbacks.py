@@ -1,6 +1,5 @@
 """Callbacks that Keras does not already provide."""
 
-import hashlib
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfsemiseg import files
 from tfsemiseg.data.io import VOC_COLORMAP
 from tfsemiseg.data.pipeline import eval_stream
 
@@ -85,14 +85,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             "--workdir, or rerun to retry from that state.")
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class BackupError(RuntimeError):
     """The backup of an interrupted run cannot be resumed; the message names the file."""
 
@@ -115,45 +107,56 @@ class Backup(keras.callbacks.BackupAndRestore):
 
     @staticmethod
     def intact(backup_dir):
-        """Which weights a resume can use: "latest", "previous" (`*.bkp`, the latest being damaged),
-        or None when neither matches a recorded checksum. Backups without checksums (earlier
-        versions) count as intact."""
+        """Which weights a resume can use: "latest", "previous" (`*.bkp`, the latest being damaged or
+        half-written), "none" when no epoch's backup was ever completed (the first one was
+        interrupted: the fit starts from its beginning), or None when epochs were backed up but
+        neither file matches a checksum recorded when it was written."""
         weights = os.path.join(backup_dir, "latest.weights.h5")
         try:
             known = json.load(open(os.path.join(backup_dir, Backup.CHECKSUMS)))
         except (OSError, ValueError):
+            known = {}
+        if os.path.exists(weights) and files.sha256(weights) in known:
             return "latest"
-        if os.path.exists(weights) and _sha256(weights) in known:
-            return "latest"
-        if os.path.exists(weights + ".bkp") and _sha256(weights + ".bkp") in known:
+        if os.path.exists(weights + ".bkp") and files.sha256(weights + ".bkp") in known:
             return "previous"
-        return None if os.path.exists(weights) or os.path.exists(weights + ".bkp") else "latest"
+        if not known and not os.path.exists(weights + ".bkp"):
+            return "none"
+        return None
 
     @staticmethod
     def resumed_epoch(backup_dir):
         """The number of finished epochs a resumed fit starts after (0 for a new run): the backup's,
         or, when its weights are damaged, the previous epoch's (`*.bkp`), as `on_train_begin` will."""
         metadata = os.path.join(backup_dir, "training_metadata.json")
-        if Backup.intact(backup_dir) == "previous":
+        verdict = Backup.intact(backup_dir)
+        if verdict == "none":
+            return 0
+        if verdict == "previous":
             metadata += ".bkp"
         return json.load(open(metadata))["epoch"] if os.path.exists(metadata) else 0
 
     def _write_checksums(self):
         """After the weights are written: the SHA-256 of this epoch's and the previous epoch's files."""
         path = os.path.join(self.backup_dir, self.CHECKSUMS)
-        known = {_sha256(self._weights_path): self._current_epoch}
+        known = {files.sha256(self._weights_path): self._current_epoch}
         if os.path.exists(self._prev_weights_path):
-            known[_sha256(self._prev_weights_path)] = self._current_epoch - 1
-        with open(path + ".tmp", "w") as f:
-            json.dump(known, f)
-        os.replace(path + ".tmp", path)
+            known[files.sha256(self._prev_weights_path)] = self._current_epoch - 1
+        files.atomic_write(path, json.dumps(known))
 
     def _check_weights(self):
         """Fall back to the previous epoch's backup when the latest weights are damaged (and say so);
         stop, naming the files, when neither is intact."""
         weights, previous = self._weights_path, self._prev_weights_path
         verdict = self.intact(self.backup_dir)
-        if verdict == "previous" and os.path.exists(self._prev_training_metadata_path):
+        if verdict == "none":
+            if os.path.exists(weights) or os.path.exists(self._training_metadata_path):
+                print(f"warning: the first epoch's backup ({weights}) was not completely written (interrupted or "
+                      "a full disk); this fit starts from its beginning.", file=sys.stderr, flush=True)
+            for path in (weights, self._training_metadata_path, self._prev_training_metadata_path):
+                if os.path.exists(path):
+                    os.remove(path)
+        elif verdict == "previous" and os.path.exists(self._prev_training_metadata_path):
             print(f"warning: {weights} is damaged (its checksum does not match the one recorded when it was "
                   f"written); resuming from the previous epoch's backup, {previous}.", file=sys.stderr, flush=True)
             shutil.copyfile(previous, weights)
@@ -196,11 +199,11 @@ class Backup(keras.callbacks.BackupAndRestore):
         # kill between the two files resumed with fresh dropout streams, silently inexact).
         epoch = self._current_epoch
         path = self._random_states_path(epoch)
-        os.makedirs(self.backup_dir, exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
+        with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, *[keras.ops.convert_to_numpy(v) for v in self._random_state_variables()])
-        os.replace(path + ".tmp", path)
-        super()._save_model()
+        # Keras writes the weights in place; their checksum, written last, tells a whole file.
+        with files.writing(self._weights_path):
+            super()._save_model()
         self._write_checksums()
         for name in os.listdir(self.backup_dir):  # keep this epoch's and the previous one's
             if name.startswith("random_states_epoch") and name not in (
@@ -219,6 +222,19 @@ class Backup(keras.callbacks.BackupAndRestore):
                               f"it is another model's backup. Delete {self.backup_dir} to start the run over.")
         for variable, state in zip(variables, states):
             variable.assign(state)
+
+
+class SaveWeights(keras.callbacks.Callback):
+    """The model's weights after every epoch, written atomically (Keras' `ModelCheckpoint` writes in
+    place: a kill mid-write left a damaged checkpoint that a resumed, finished fit never rewrote)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        with files.atomic_path(self.path, ".weights.h5") as tmp:
+            self.model.save_weights(tmp)
 
 
 class SegmentationImages(keras.callbacks.Callback):

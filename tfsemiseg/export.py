@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfsemiseg import files
 from tfsemiseg.data.io import VOC_COLORMAP, read_error_text, read_image
 from tfsemiseg.inference import predict_logits
 
@@ -129,7 +130,8 @@ def export_saved_model(segmenter, path, image_scale=1.0, overwrite=False):
     parent, name = os.path.split(path)
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
     try:
-        archive.write_out(tmp, verbose=False)
+        with files.writing(path):
+            archive.write_out(tmp, verbose=False)
         if os.path.isdir(path) and os.listdir(path):  # --overwrite: the old version goes once the new is whole
             old = os.path.join(parent, f".{name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -170,18 +172,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 def image_files(paths):
     """The files to predict: each file as given, and each folder's images (sorted by name)."""
-    files = []
+    found_files = []
     for path in paths:
         if not os.path.isdir(path):
-            files.append(path)
+            found_files.append(path)
             continue
         found = sorted(os.path.join(path, name) for name in os.listdir(path)
                        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, name)))
         if not found:
             raise ExportError(f"{path} is a folder without images ({', '.join(IMAGE_EXTENSIONS)}): give image "
                               "files, or a folder that holds some.")
-        files += found
-    return files
+        found_files += found
+    return found_files
 
 
 def predict_files(segmenter, image_paths, output_dir, colour=True, image_scale=1.0):
@@ -203,6 +205,7 @@ def predict_files(segmenter, image_paths, output_dir, colour=True, image_scale=1
         labels = predict(image)[0].numpy()
         out = VOC_COLORMAP[labels].astype(np.uint8) if colour else labels.astype(np.uint8)[..., None]
         target = os.path.join(output_dir, name)
-        tf.io.write_file(target, tf.io.encode_png(out))
+        with files.writing(target):
+            tf.io.write_file(target, tf.io.encode_png(out))
         written.append(target)
     return written, failed

@@ -34,7 +34,8 @@ import tensorflow as tf
 from tfsemiseg.config import Config
 from tfsemiseg.data import build_dataset
 from tfsemiseg.methods import SegmentationMethod, get_method
-from tfsemiseg.training import (atomic_write, evaluate_model, make_strategy, run_lock, set_precision,
+from tfsemiseg.files import atomic_write
+from tfsemiseg.training import (evaluate_model, make_strategy, run_lock, set_precision,
                                 worker_workdir)
 
 

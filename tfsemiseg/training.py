@@ -14,7 +14,6 @@ leaves a half-written checkpoint, metrics file or output directory.
 """
 
 import contextlib
-import errno
 import fcntl
 import json
 import math
@@ -28,38 +27,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg import callbacks as callbacks_lib
+from tfsemiseg import files
 from tfsemiseg.data import eval_stream, explain_data_errors
 # Whether this CPU computes in bfloat16: without it oneDNN refuses bfloat16 and TensorFlow emulates it,
 # 15x slower than float32 on an AVX2 EPYC (benchmarks/RESULTS.md, "CPUs without AVX-512").
 from tfsemiseg.models.convolution import cpu_bfloat16 as native_bfloat16
-
-
-def atomic_write(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a fresh temporary directory that becomes `path` only if the block completes."""
-    tmp = f"{path}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of an interrupted attempt
-    os.makedirs(tmp)
-    yield tmp
-    os.replace(tmp, path)
-
-
-def disk_full(err):
-    """Whether an error (from Python, h5py or TensorFlow) is a full disk."""
-    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
-
-
-def disk_full_message(err):
-    where = getattr(err, "filename", None)
-    return (f"the disk is full{f' (writing {where})' if where else ''}: {str(err).splitlines()[0][:200]}. "
-            "Free some space, then run the same command again: the last finished epoch is kept.")
 
 
 class RunInUse(ValueError):
@@ -93,10 +65,8 @@ def run_lock(workdir):
 
 def save_segmenter(segmenter, path):
     """Save a segmenter as a .keras file, atomically."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path[:-len(".keras")] + ".tmp.keras"
-    segmenter.save(tmp)
-    os.replace(tmp, path)
+    with files.atomic_path(path, ".keras") as tmp:
+        segmenter.save(tmp)
 
 
 def epochs_and_steps(cfg):
@@ -219,8 +189,7 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
         # Kept until metrics.json is written: a kill after the last epoch, or a failed final
         # evaluation, resumes at the end instead of training from epoch 1 again.
         callbacks_lib.Backup(backup_dir),
-        keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "checkpoints", "ckpt.weights.h5"),
-                                        save_weights_only=True),
+        callbacks_lib.SaveWeights(os.path.join(stage_dir, "checkpoints", "ckpt.weights.h5")),
         *callbacks,  # the method's, before TensorBoard, which writes the logs they add to
         keras.callbacks.TensorBoard(log_dir, write_graph=False),
         throughput,
@@ -229,7 +198,8 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
     if cfg.eval_every:
         validation = dict(validation_data=eval_stream(dataset, cfg, cfg.eval_split), validation_freq=cfg.eval_every)
     start = time.time()
-    with explain_data_errors(list(data_paths)):
+    # A full disk under a write that names no file (TensorBoard's events) names the stage's folder.
+    with explain_data_errors(list(data_paths)), files.writing(stage_dir):
         model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=all_callbacks,
                   verbose=verbose, shuffle=False, **validation)
     train_seconds = time.time() - start
@@ -240,6 +210,6 @@ def fit_stage(model, train_data, cfg, dataset, stage_dir, log_dir=None, callback
         "train_seconds": round(train_seconds, 1),
         **evaluate_model(model, dataset, cfg, cfg.eval_split),
     }
-    atomic_write(os.path.join(stage_dir, "metrics.json"), json.dumps(metrics, indent=2))
+    files.atomic_write(os.path.join(stage_dir, "metrics.json"), json.dumps(metrics, indent=2))
     shutil.rmtree(backup_dir, ignore_errors=True)  # the run's outputs now exist
     return metrics

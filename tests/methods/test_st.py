@@ -214,7 +214,7 @@ def test_stpp_resumes_after_an_interruption_and_skips_finished_stages(tmp_path, 
     for stage in ("1_teacher", "2_select", "3_label_reliable", "4_student_reliable"):
         assert os.path.exists(run / stage), stage
     assert not os.path.exists(run / "5_label_unreliable")  # never half-written
-    assert len(os.listdir(run / "5_label_unreliable.tmp")) > 0
+    assert not os.path.exists(run / "5_label_unreliable.tmp") and len(written) == 100  # its 100 PNGs removed
     assert not os.path.exists(run / "metrics.json")
     assert sorted(os.listdir(run / "1_teacher" / "snapshots")) == ["step_2.keras", "step_4.keras"]
     reliable = (run / "2_select" / "reliable.txt").read_text().split()

@@ -212,3 +212,21 @@ def test_before_semi_start_the_loss_is_the_supervised_one(cls):
             assert logs["loss"] == pytest.approx(logs["loss_x"], rel=1e-6)
         else:
             assert logs["loss"] < logs["loss_x"]  # halved, plus a smaller unsupervised part
+
+
+def test_the_strong_views_colour_settings_reach_the_augmentation_and_are_checked(monkeypatch):
+    from tfsemiseg.data import augment, build_dataset
+
+    cfg = configs.get_config("fixmatch", "synthetic").override(["color_jitter=0.5,0.5,0.5,0", "p_gray=0"])
+    made = []
+    real = augment.StrongAugment.unimatch
+    monkeypatch.setattr(augment.StrongAugment, "unimatch",
+                        classmethod(lambda cls, **kw: made.append(kw) or real.__func__(cls, **kw)))
+    FixMatch.train_data(build_dataset("synthetic", split="1_16", image_size=32), cfg)
+    assert made == [dict(jitter=(0.5, 0.5, 0.5, 0.0), p_gray=0.0)]
+    strong = real(jitter=(0.5, 0.5, 0.5, 0.0), p_gray=0.0)
+    assert strong.jitter.hue == 0.0 and strong.p_gray == 0.0 and strong.p_cutout == 0.0
+    with pytest.raises(ValueError, match=r"--set color_jitter=.*four numbers"):
+        configs.get_config("fixmatch", "synthetic").override(["color_jitter=0.5,0.5"]).validate()
+    with pytest.raises(ValueError, match=r"--set p_gray=1.5"):
+        configs.get_config("unimatch", "synthetic").override(["p_gray=1.5"]).validate()

@@ -24,6 +24,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfsemiseg import files
 from tfsemiseg.data import io, synthetic
 
 CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence",
@@ -197,9 +198,7 @@ class SegDataset:
             with io.explain_data_errors(self.paths(subset)):
                 ds.map(lambda ex: tf.shape(ex["image"])[0]).reduce(0, lambda total, h: total + h)
         if record:
-            with open(record + ".tmp", "w") as f:
-                f.write(fingerprint)
-            os.replace(record + ".tmp", record)
+            files.atomic_write(record, fingerprint)
 
     def _fingerprint(self, subsets):
         digest = hashlib.sha256()
@@ -333,9 +332,9 @@ def cityscapes(data_dir, split="1_8", seed=0):
                  "createTrainIdLabelImgs) there, or pass --data_dir.")
 
     def ids(subset):
-        files = glob.glob(os.path.join(data_dir, "leftImg8bit", subset, "*", "*_leftImg8bit.png"))
+        found = glob.glob(os.path.join(data_dir, "leftImg8bit", subset, "*", "*_leftImg8bit.png"))
         return sorted(os.path.relpath(f, os.path.join(data_dir, "leftImg8bit"))[: -len("_leftImg8bit.png")]
-                      for f in files)
+                      for f in found)
 
     to_id = lambda e: _id_of(e, ("leftImg8bit/",), ("_leftImg8bit.png",))  # noqa: E731
     labeled, unlabeled = resolve_split(split, ids("train"), seed, to_id=to_id)

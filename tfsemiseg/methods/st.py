@@ -54,7 +54,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsemiseg import metrics, training
+from tfsemiseg import files, metrics, training
 from tfsemiseg.config import Config
 from tfsemiseg.callbacks import SegmentationImages
 from tfsemiseg.data import augment, pipeline
@@ -326,7 +326,7 @@ class SelfTraining:
 
             names = iter(_label_names(keys))
             writer = tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage.dirname, "images"))
-            with training.atomic_dir(out) as tmp:
+            with files.atomic_dir(out) as tmp:
                 with open(os.path.join(tmp, "labels.txt"), "w") as manifest:
                     for i, batch in enumerate(self.batches(keys)):
                         labels = label(batch["image"])
@@ -337,13 +337,13 @@ class SelfTraining:
                             name = next(names)
                             _write_png(os.path.join(tmp, name), labels_i, valid, size)
                             manifest.write(name + "\n")
-                training.atomic_write(os.path.join(tmp, "summary.json"), json.dumps(
+                files.atomic_write(os.path.join(tmp, "summary.json"), json.dumps(
                     {"images": len(keys), "model": model_dir, "seconds": round(time.time() - start, 1)}))
                 _write_keys(os.path.join(tmp, "keys.txt"), keys)
         keys = _read_keys(os.path.join(out, "keys.txt"))
         with open(os.path.join(out, "labels.txt")) as f:
-            files = [os.path.join(out, line.strip()) for line in f if line.strip()]
-        return list(zip(keys, files))
+            pngs = [os.path.join(out, line.strip()) for line in f if line.strip()]
+        return list(zip(keys, pngs))
 
     def finish(self, final_dir):
         """Put the last student and its metrics at the top of the run; per-stage results in "stages"."""
@@ -365,7 +365,7 @@ class SelfTraining:
                     stages[stage.dirname] = {k: found[k] for k in keys}
         seconds = sum(s.get("train_seconds", s.get("seconds", 0)) for s in stages.values())
         result.update(method=self.cfg.method, stages=stages, total_seconds=round(seconds, 1))
-        training.atomic_write(os.path.join(self.workdir, "metrics.json"), json.dumps(result, indent=2))
+        files.atomic_write(os.path.join(self.workdir, "metrics.json"), json.dumps(result, indent=2))
         return result
 
     def say(self, message):
@@ -435,12 +435,12 @@ class SelfTrainingPlus(SelfTraining):
             scores = np.concatenate([score(b["image"], b["valid"]).numpy() for b in self.batches(keys)])
             reliable, unreliable = split_reliable(keys, scores, self.cfg.reliable_fraction)
             order = rank(scores)
-            with training.atomic_dir(out) as tmp:
+            with files.atomic_dir(out) as tmp:
                 with open(os.path.join(tmp, "scores.txt"), "w") as f:
                     f.writelines(f"{scores[i]:.6f}\t{_key_to_text(keys[i])}\n" for i in order)
                 _write_keys(os.path.join(tmp, "reliable.txt"), reliable)
                 _write_keys(os.path.join(tmp, "unreliable.txt"), unreliable)
-                training.atomic_write(os.path.join(tmp, "summary.json"), json.dumps({
+                files.atomic_write(os.path.join(tmp, "summary.json"), json.dumps({
                     "images": len(keys), "reliable": len(reliable), "mean_score": float(scores.mean()),
                     "threshold": float(scores[order[len(reliable) - 1]]) if reliable else None,
                     "seconds": round(time.time() - start, 1)}))

@@ -82,6 +82,10 @@ class UniMatch(SegmentationMethod):
         # Iteration from which the unsupervised losses count; before it L = L_x (0, the paper's:
         # its networks start from ImageNet).
         semi_start=0,
+        # The strong views' colour jitter (brightness, contrast, saturation, hue) and grayscale
+        # probability (the paper's); where colour is the class cue, hue 0 keeps it.
+        color_jitter=(0.5, 0.5, 0.5, 0.25),
+        p_gray=0.2,
     )
 
     def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, semi_start=0, **kwargs):
@@ -104,7 +108,8 @@ class UniMatch(SegmentationMethod):
         return tf.data.Dataset.zip({
             "labeled": pipeline.labeled_stream(dataset, cfg, seed=cfg.seed),
             "unlabeled": pipeline.unlabeled_stream(dataset, cfg, seed=cfg.seed + 1,
-                                                   strong=augment.StrongAugment.unimatch(),
+                                                   strong=augment.StrongAugment.unimatch(
+                                                       jitter=cfg.color_jitter, p_gray=cfg.p_gray),
                                                    strong_views=cls.strong_views, mix_boxes=True),
         })
 

