@@ -10,6 +10,11 @@ PseudoSeg's sources are recomputed from the run's last checkpoint (segmenter, cl
 and SGC), on whole unlabeled images at the run's image_scale, with predicted image classes (or, for
 an image-labels run, the classes in each mask).
 
+With --confident=<tau> (any run, e.g. UniMatch / FixMatch): the pseudo-labels an online method
+would train on, from the final segmenter on the whole unlabeled images: the share of each true
+class's pixels predicted with confidence >= tau, and what those confident pixels are labelled as
+(rows: true class, columns: pseudo-label, % of the row's confident pixels).
+
 With --focus=<class>, also that class's recall and precision in the pseudo-labels, and its share of
 pseudo-labeled pixels against its share of ground-truth pixels. With --students (ST / ST++), also
 how well the teacher and each student learnt what they trained on: its predictions on its pseudo-labeled images
@@ -103,6 +108,27 @@ def student_fit(run_dir, cfg, dataset):
     return results
 
 
+def confident_labels(run_dir, cfg, dataset, tau):
+    """(confusion [C, C] of the pixels predicted with confidence >= tau, rows truth; pixels per true
+    class) of the final segmenter on the unlabeled images."""
+    import keras
+
+    from tfsemiseg.data import pipeline
+    from tfsemiseg.inference import predict_logits
+
+    segmenter = keras.saving.load_model(os.path.join(run_dir, "final", "segmenter.keras"))
+    c = dataset.num_classes
+    cm, totals = np.zeros((c, c), np.int64), np.zeros(c, np.int64)
+    for example in dataset.examples("unlabeled").map(lambda e: pipeline.prescale(e, cfg.image_scale)).batch(1):
+        probs = tf.nn.softmax(tf.cast(predict_logits(segmenter, tf.cast(example["image"], tf.float32)), tf.float32))
+        truth = tf.cast(example["label"], tf.int32).numpy().ravel()
+        confident = (tf.reduce_max(probs, -1).numpy().ravel() >= tau) & (truth < c)
+        prediction = tf.argmax(probs, -1).numpy().ravel()
+        cm += np.bincount(truth[confident] * c + prediction[confident], minlength=c * c).reshape(c, c)
+        totals += np.bincount(truth[truth < c], minlength=c)
+    return cm, totals
+
+
 def focus_report(miou, index):
     cm = np.asarray(miou.total_cm, np.float64)  # rows: ground truth, columns: pseudo-label
     tp = cm[index, index]
@@ -110,13 +136,24 @@ def focus_report(miou, index):
             f"pixels {100 * cm[:, index].sum() / cm.sum():.2f} % (truth {100 * cm[index].sum() / cm.sum():.2f} %)")
 
 
-def main(run_dirs, focus=None, students=False):
+def main(run_dirs, focus=None, students=False, tau=None):
     for run_dir in run_dirs:
         if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
             continue  # not a finished run (e.g. a log file matched by a glob)
         cfg, _ = runner.load_run(run_dir)
         dataset = runner.load_dataset(cfg)
         print(f"{run_dir}  ({cfg.method}, {cfg.dataset} {cfg.split})")
+        if tau is not None:
+            cm, totals = confident_labels(run_dir, cfg, dataset, tau)
+            print(f"  confidence >= {tau}: {100 * cm.sum() / totals.sum():.0f} % of the pixels, "
+                  f"{100 * np.trace(cm) / max(cm.sum(), 1):.1f} % of them right")
+            print(f"  {'true class':>12s}  confident  labelled as (% of its confident pixels): "
+                  + " ".join(f"{n[:6]:>6s}" for n in dataset.class_names))
+            for i, name in enumerate(dataset.class_names):
+                row = 100 * cm[i] / max(cm[i].sum(), 1)
+                print(f"  {name:>12s}  {100 * cm[i].sum() / max(totals[i], 1):7.0f} %  {'':41s}"
+                      + " ".join(f"{v:6.0f}" for v in row))
+            continue
         if cfg.method == "pseudoseg":
             print("  source     pseudo-label mIoU  per class")
             for name, miou in pseudoseg_quality(run_dir, cfg, dataset).items():
@@ -143,5 +180,10 @@ def main(run_dirs, focus=None, students=False):
 
 
 if __name__ == "__main__":
-    focus = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--focus=")]
-    main([a for a in sys.argv[1:] if not a.startswith("--")], focus[0] if focus else None, "--students" in sys.argv)
+    def value(name):
+        given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(f"--{name}=")]
+        return given[0] if given else None
+
+    tau = value("confident")
+    main([a for a in sys.argv[1:] if not a.startswith("--")], value("focus"), "--students" in sys.argv,
+         None if tau is None else float(tau))
