@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("semiseg_benchmark", os.path.join(ROOT, "benchmarks",
                                                                                 "semiseg_benchmark.py"))
@@ -14,6 +16,7 @@ speed = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(speed)
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_benchmark_runs_records_and_skips(camvid_tree, tmp_path, capsys):
     args = ["--methods=suponly", "--seeds=0,1", "--upper_bound_seeds=", f"--data_dir={camvid_tree}", "--split=1_4",
             f"--runs_dir={tmp_path / 'runs'}", f"--records={tmp_path / 'records'}", "--backbone=tiny",
@@ -131,6 +134,7 @@ def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
     assert benchmark.plan(args)[-1][4] == ["--set", "d_lr=1e-5"]
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_speed_benchmark_times_the_real_train_step_and_the_pipeline(capsys, tmp_path):
     assert speed.main(["--method=pseudoseg", "--arch=deeplabv3plus", "--backbone=tiny", "--crop=33", "--batch=2",
                        "--classes=11", "--steps=2", "--repeats=2", "--pipeline_batches=2",

@@ -22,6 +22,7 @@ TINY = ["--dataset=synthetic", "--iterations=6", "--set", "steps_per_epoch=3", "
         "--set", "batch_size=2", "--verbose=0"]
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_train_evaluate_rerun_and_overwrite_synthetic(tmp_path):
     workdir = str(tmp_path / "run")
     proc = run("train.py", "--method=suponly", f"--workdir={workdir}", *TINY)
@@ -86,6 +87,7 @@ def test_voc_missing_says_where_to_put_it(tmp_path):
     assert "VOCdevkit/VOC2012" in proc.stderr and "--data_dir" in proc.stderr
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_camvid_folder_dataset(camvid_tree, tmp_path):
     workdir = str(tmp_path / "cv")
     proc = run("train.py", "--method=suponly", "--dataset=camvid", f"--data_dir={camvid_tree}", "--split=1_4",
@@ -96,6 +98,7 @@ def test_camvid_folder_dataset(camvid_tree, tmp_path):
     assert len(metrics["per_class_iou"]) == 11 and metrics["split"] == "1_4"
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_alss_with_xla(tmp_path):
     workdir = str(tmp_path / "xla")
     proc = run("train.py", "--method=alss", "--jit_compile", f"--workdir={workdir}", *TINY)
@@ -121,6 +124,7 @@ def test_a_bad_label_is_named_before_training(camvid_tree, tmp_path, subset, nam
     assert not os.path.exists(os.path.join(workdir, "backup"))  # no training started
 
 
+@pytest.mark.slow  # suite budget
 def test_a_diverged_run_exits_non_zero_and_names_the_loss(tmp_path):
     """Regression: lr=1e6 printed loss_ce: nan, exited 0 and wrote an mIoU."""
     workdir = str(tmp_path / "nan")
@@ -153,6 +157,7 @@ def test_bad_settings_are_named_without_a_traceback(tmp_path, args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_a_failed_start_does_not_block_the_corrected_command_and_the_workdir_can_move(tmp_path):
     workdir = str(tmp_path / "run")
     assert run("train.py", f"--workdir={workdir}", *TINY, "--split=1_0").returncode != 0
@@ -165,6 +170,7 @@ def test_a_failed_start_does_not_block_the_corrected_command_and_the_workdir_can
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_resuming_on_an_edited_split_is_refused_and_the_run_kept(camvid_tree, tmp_path):
     """Regression: a run resumed after its split file was edited finished silently on other images."""
     args = ["--method=suponly", "--dataset=camvid", f"--data_dir={camvid_tree}", "--split=1_4",
@@ -194,7 +200,8 @@ DETERMINISTIC = ["--dataset=synthetic", "--iterations=45", "--set", "steps_per_e
                  "--set", "batch_size=2", "--seed=3", "--deterministic", "--verbose=0"]
 
 
-@pytest.mark.parametrize("method", ["suponly", pytest.param("alss", marks=pytest.mark.slow)])
+@pytest.mark.slow  # suite budget
+@pytest.mark.parametrize("method", ["suponly", "alss"])
 def test_deterministic_runs_and_a_killed_run_resumed_give_the_same_weights(tmp_path, method):
     """Regression: the same --seed gave different losses; a resumed ALSS run restarted its LR schedule."""
     import signal
@@ -229,7 +236,7 @@ def test_deterministic_runs_and_a_killed_run_resumed_give_the_same_weights(tmp_p
 
 
 
-@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [pytest.param("SIGINT", marks=pytest.mark.slow), "SIGTERM"])  # suite budget
 def test_an_interrupted_run_says_how_to_resume_without_a_traceback(tmp_path, signum):
     import signal
     import time
@@ -243,12 +250,13 @@ def test_an_interrupted_run_says_how_to_resume_without_a_traceback(tmp_path, sig
     while not (workdir / "backup").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(getattr(signal, signum))
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted: run the same command to resume" in err and "Traceback" not in err
     assert not (workdir / "metrics.json").exists() and (workdir / "config.json").exists()
 
 
+@pytest.mark.slow  # suite budget
 def test_a_second_process_on_a_run_is_refused_and_names_the_first(tmp_path):
     import fcntl
 
@@ -266,6 +274,7 @@ def test_a_second_process_on_a_run_is_refused_and_names_the_first(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # suite budget
 def test_a_full_disk_is_named_in_one_line_and_the_run_resumes(tmp_path):
     """An OSError(ENOSPC) where the final model is written (as from a full disk): one error line naming
     the path; the last finished epoch's backup is kept, so the same command then finishes the run."""
@@ -301,6 +310,7 @@ def _can_mount_a_tmpfs(tmp_path):
         return False
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_a_real_full_disk_is_named_and_the_run_finishes_once_there_is_space(tmp_path):
     """On an 8 MB tmpfs (a user namespace's mount: no root needed where the kernel allows it) the
     first epoch's backup does not fit. Regression: h5py's error was printed without the file's name,

@@ -42,10 +42,11 @@ def run(method, distribute, mixed, tmp_path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# Suite budget: suponly's full run under two replicas is tested with MultiWorkerMirroredStrategy below,
-# its step with MirroredStrategy above; st's stages are SupOnly fits created in the same strategy scope.
-@pytest.mark.parametrize("method", [pytest.param("suponly", marks=pytest.mark.slow), "alss",
-                                    pytest.param("st", marks=pytest.mark.slow), "pseudoseg"])
+# st's stages are SupOnly fits created in the same strategy scope.
+# Suite budget: all four only with -m slow; the default suite runs a full run under two replicas
+# with MultiWorkerMirroredStrategy below, and one two-replica step against one replica.
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["suponly", "alss", "st", "pseudoseg"])
 def test_mirrored_strategy_on_two_logical_cpus(method, tmp_path):
     out = run(method, "mirrored", False, tmp_path)
     assert out["replicas"] == 2 and 0.0 <= out["miou"] <= 1.0
@@ -102,7 +103,8 @@ def test_two_replicas_step_like_one_with_the_decay_in_the_gradient(tmp_path):
     assert np.quantile(difference, 0.999) < 0.02 * decay_part, np.quantile(difference, 0.999) / decay_part
 
 
-@pytest.mark.parametrize("method", ["alss", "pseudoseg", pytest.param("st", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["alss", pytest.param("pseudoseg", marks=pytest.mark.slow),
+                                    pytest.param("st", marks=pytest.mark.slow)])  # suite budget
 # pseudoseg and st: StrongAugment must stay float32 under the bfloat16 policy
 def test_mixed_precision_trains_with_float32_logits(tmp_path, method):
     out = run(method, "none", True, tmp_path)

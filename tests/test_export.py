@@ -31,6 +31,7 @@ def run_dir(tmp_path):
     return str(workdir)
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_serving_signatures_agree_with_predict_in_a_fresh_process(run_dir, tmp_path):
     """Regression: the SavedModel ignored the run's image_scale (59 % agreement with predict.py)."""
     images = []
@@ -75,6 +76,7 @@ json.dump(out, sys.stdout)
             np.testing.assert_array_equal(np.array(result[key]), predicted)
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_export_refuses_to_overwrite_a_version(run_dir, tmp_path):
     target = str(tmp_path / "m" / "1")
     assert script("export.py", f"--workdir={run_dir}", f"--output={target}").returncode == 0

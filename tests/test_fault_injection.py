@@ -4,7 +4,7 @@ Each case trains once straight through with `--deterministic`, then trains the s
 while SIGKILLing it at random moments of its life (startup, data checks, a step, a backup or
 checkpoint write, the final evaluation, an ST++ labelling stage or stage boundary), rerunning it
 after each kill; a last rerun finishes it. It must end with the uninterrupted run's step count,
-mIoU and weights, bit for bit. Slow: about 10 minutes on 2 cores.
+mIoU and weights, bit for bit. Slow: 41 minutes on 2 cores shared with a benchmark (30 kills).
 """
 
 import json

@@ -54,6 +54,7 @@ class RecordOptimizers(keras.callbacks.Callback):
                 self.record[name] = (int(optimizer.iterations.numpy()), float(optimizer.learning_rate.numpy()))
 
 
+@pytest.mark.slow  # suite budget
 @pytest.mark.parametrize("method", ["suponly", "alss"])
 def test_a_resumed_run_restores_every_optimizer(tmp_path, monkeypatch, method):
     """Regression: ALSS's segmenter optimizer was built on resume over S's and D's variables, Keras skipped
@@ -91,7 +92,7 @@ class Poison(keras.callbacks.Callback):
             variable.assign(variable * float("nan"))
 
 
-@pytest.mark.parametrize("method", ["suponly", "alss"])
+@pytest.mark.parametrize("method", ["suponly", pytest.param("alss", marks=pytest.mark.slow)])  # suite budget
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, monkeypatch, method):
     import numpy as np
 
@@ -126,6 +127,7 @@ def _interrupted_run(tmp_path, monkeypatch, epochs_before_interrupt):
     return cfg
 
 
+@pytest.mark.slow  # suite budget
 def test_a_damaged_backup_falls_back_to_the_previous_epoch(tmp_path, monkeypatch):
     cfg = _interrupted_run(tmp_path, monkeypatch, 2)
     latest = os.path.join(cfg.workdir, "backup", "latest.weights.h5")

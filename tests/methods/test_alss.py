@@ -140,6 +140,7 @@ def test_segmenter_update_leaves_discriminator_unchanged():
         np.testing.assert_array_equal(a, w.numpy())
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_fit_on_synthetic_lowers_loss_ce_and_writes_checkpoint_and_metrics(tmp_path):
     cfg = small_cfg(workdir=str(tmp_path / "alss"), iterations=60, steps_per_epoch=20, semi_start=20,
                     batch_size=4, lr=0.02)

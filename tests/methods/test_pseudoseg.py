@@ -206,6 +206,7 @@ def test_unlabeled_image_labels_are_the_classes_in_the_crop(synthetic):
     assert classes.dtype == np.uint8 and classes.max() <= 1 and (classes.sum(-1) >= 1).all()
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_a_few_steps_on_synthetic_then_evaluate_and_measure_the_pseudo_labels(synthetic, tmp_path):
     import dataclasses
     import importlib.util

@@ -158,6 +158,7 @@ def tiny(method, workdir):
     return configs.get_config(method, "synthetic").replace(workdir=str(workdir), **TINY)
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_st_end_to_end_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     sets = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
@@ -195,6 +196,7 @@ def test_st_end_to_end_from_the_command_line(tmp_path):
         assert os.listdir(run / "logs" / event_dir), event_dir
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_stpp_resumes_after_an_interruption_and_skips_finished_stages(tmp_path, monkeypatch):
     cfg = tiny("stpp", tmp_path / "run")
     run = tmp_path / "run"
@@ -239,6 +241,7 @@ def test_stpp_resumes_after_an_interruption_and_skips_finished_stages(tmp_path, 
     assert os.path.exists(run / "final" / "segmenter.keras")
 
 
+@pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_stpp_takes_a_supervised_run_as_its_teacher_and_refuses_one_of_another_setting(tmp_path, monkeypatch):
     shared = {k: v for k, v in TINY.items() if k not in ("student_iterations", "tta_scales")}
     teacher_dir = tmp_path / "suponly"

@@ -176,6 +176,7 @@ def test_a_high_threshold_leaves_only_the_supervised_loss():
     assert float(logs["loss"]) == pytest.approx(float(logs["loss_x"]) / 2)
 
 
+@pytest.mark.slow  # suite budget
 def test_a_saved_unimatch_run_resumes_and_evaluates(tmp_path, monkeypatch):
     from tests.test_runner import Interrupt
 
