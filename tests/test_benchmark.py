@@ -167,6 +167,7 @@ def test_speed_benchmark_stream_does_not_autotune():
     assert [float(b["image"][0][0]) for b in stream.take(2)] == [1.0, 1.0]
 
 
+@pytest.mark.slow  # suite budget
 def test_speed_benchmark_runs_the_reference_in_each_setting_and_prints_both_ratios(capsys, tmp_path):
     """The reference runs in its own interpreter (here a stand-in script printing what
     ../shared/bench/torch_alss_step.py prints, faster with --bf16 and --channels_last), once per

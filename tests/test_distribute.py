@@ -43,8 +43,8 @@ def run(method, distribute, mixed, tmp_path):
 
 
 # st's stages are SupOnly fits created in the same strategy scope.
-# Suite budget: all four only with -m slow; the default suite runs a full run under two replicas
-# with MultiWorkerMirroredStrategy below, and one two-replica step against one replica.
+# Suite budget: all four only with -m slow, as the multi-worker runs below; the default suite runs
+# one two-replica step against one replica, and a bfloat16 ALSS run.
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["suponly", "alss", "st", "pseudoseg"])
 def test_mirrored_strategy_on_two_logical_cpus(method, tmp_path):
@@ -143,7 +143,8 @@ def _final_weights(workdir):
     return keras.saving.load_model(os.path.join(workdir, "final", "segmenter.keras")).get_weights()
 
 
-@pytest.mark.parametrize("method", ["suponly", pytest.param("alss", marks=pytest.mark.slow)])  # suite budget
+@pytest.mark.slow  # suite budget
+@pytest.mark.parametrize("method", ["suponly", "alss"])
 def test_multi_worker_on_localhost_matches_one_process(method, tmp_path):
     """Two processes under MultiWorkerMirroredStrategy (TF_CONFIG, two localhost ports) train on the
     same global batches as one process: same weights after training, same mIoU; only the chief writes

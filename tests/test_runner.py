@@ -22,6 +22,7 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # suite budget
 def test_an_interrupted_run_resumes_from_its_backup(tmp_path, monkeypatch):
     cfg = configs.get_config("suponly", "synthetic").replace(
         workdir=str(tmp_path / "run"), iterations=6, steps_per_epoch=3, crop_size=32, batch_size=2)
@@ -194,6 +195,7 @@ def test_a_damaged_backup_without_a_previous_one_is_named(tmp_path, monkeypatch)
         runner.train(cfg, verbose=0)
 
 
+@pytest.mark.slow  # suite budget
 def test_a_deleted_backup_file_is_not_resumed_from_random_weights(tmp_path, monkeypatch):
     from tfsemiseg.callbacks import BackupError
 
@@ -204,6 +206,7 @@ def test_a_deleted_backup_file_is_not_resumed_from_random_weights(tmp_path, monk
     assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json"))
 
 
+@pytest.mark.slow  # suite budget
 def test_a_failed_final_evaluation_resumes_without_retraining(tmp_path, monkeypatch):
     cfg = configs.get_config("suponly", "synthetic").replace(
         workdir=str(tmp_path / "run"), iterations=6, steps_per_epoch=3, crop_size=32, batch_size=2)
@@ -226,6 +229,7 @@ def test_a_failed_final_evaluation_resumes_without_retraining(tmp_path, monkeypa
     assert not os.path.exists(os.path.join(cfg.workdir, "backup"))  # removed once metrics.json exists
 
 
+@pytest.mark.slow  # suite budget
 def test_evaluate_refuses_an_unwritable_run_before_computing(tmp_path, monkeypatch):
     cfg = configs.get_config("suponly", "synthetic").replace(
         workdir=str(tmp_path / "run"), iterations=2, steps_per_epoch=2, crop_size=32, batch_size=2)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfsemiseg.data import build_dataset
@@ -24,6 +25,7 @@ def _hues(images):
     return tf.image.rgb_to_hsv(images / 255.0).numpy()[..., 0]
 
 
+@pytest.mark.slow  # suite budget
 def test_hue_hints_at_the_class_but_does_not_decide_it():
     """Objects' hues cluster around their class's centre; the background takes every hue, so hue
     alone cannot tell an object from the background (shape and context must)."""
