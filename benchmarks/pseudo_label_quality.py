@@ -147,12 +147,12 @@ def main(run_dirs, focus=None, students=False, tau=None):
             cm, totals = confident_labels(run_dir, cfg, dataset, tau)
             print(f"  confidence >= {tau}: {100 * cm.sum() / totals.sum():.0f} % of the pixels, "
                   f"{100 * np.trace(cm) / max(cm.sum(), 1):.1f} % of them right")
-            print(f"  {'true class':>12s}  confident  labelled as (% of its confident pixels): "
+            print(f"  {'true class':>12s}  pixels  confident  labelled as (% of its confident pixels): "
                   + " ".join(f"{n[:6]:>6s}" for n in dataset.class_names))
             for i, name in enumerate(dataset.class_names):
+                share, confident = 100 * totals[i] / totals.sum(), 100 * cm[i].sum() / max(totals[i], 1)
                 row = 100 * cm[i] / max(cm[i].sum(), 1)
-                print(f"  {name:>12s}  {100 * cm[i].sum() / max(totals[i], 1):7.0f} %  {'':41s}"
-                      + " ".join(f"{v:6.0f}" for v in row))
+                print(f"  {name:>12s}  {share:4.0f} %  {confident:7.0f} %  {'':41s}" + " ".join(f"{v:6.0f}" for v in row))
             continue
         if cfg.method == "pseudoseg":
             print("  source     pseudo-label mIoU  per class")

@@ -185,6 +185,21 @@ def test_a_half_written_first_backup_starts_the_fit_over_and_says_so(tmp_path, m
     assert "was not completely written" in capsys.readouterr().err
 
 
+def test_only_a_first_epoch_backup_without_a_checksum_starts_over(tmp_path):
+    """A later epoch's backup that lost both its checksum file and its `.bkp` (deleted by hand) is
+    named, not silently retrained from epoch 1."""
+    from tfsemiseg.callbacks import Backup
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    assert Backup.intact(str(backup)) == "none"  # no metadata: killed before it was written
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    assert Backup.intact(str(backup)) == "none" and Backup.resumed_epoch(str(backup)) == 0
+    (backup / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    assert Backup.intact(str(backup)) is None
+
+
 def test_a_damaged_backup_without_a_previous_one_is_named(tmp_path, monkeypatch):
     from tfsemiseg.callbacks import BackupError
 

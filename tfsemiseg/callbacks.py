@@ -120,9 +120,17 @@ class Backup(keras.callbacks.BackupAndRestore):
             return "latest"
         if os.path.exists(weights + ".bkp") and files.sha256(weights + ".bkp") in known:
             return "previous"
-        if not known and not os.path.exists(weights + ".bkp"):
+        if not known and not os.path.exists(weights + ".bkp") and Backup._recorded_epoch(backup_dir) <= 1:
             return "none"
         return None
+
+    @staticmethod
+    def _recorded_epoch(backup_dir):
+        """The epoch Keras' metadata records (0 when missing or half-written)."""
+        try:
+            return json.load(open(os.path.join(backup_dir, "training_metadata.json")))["epoch"]
+        except (OSError, ValueError, KeyError):
+            return 0
 
     @staticmethod
     def resumed_epoch(backup_dir):

@@ -36,13 +36,6 @@ def writing(path):
         raise
 
 
-def _remove(path):
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.exists(path):
-        os.remove(path)
-
-
 @contextlib.contextmanager
 def atomic_path(path, extension=""):
     """Yield a temporary path beside `path` (ending in `extension`, e.g. ".keras" or ".weights.h5",
@@ -56,7 +49,8 @@ def atomic_path(path, extension=""):
             yield tmp
             os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def atomic_write(path, text):
