@@ -103,6 +103,37 @@ def test_two_replicas_step_like_one_with_the_decay_in_the_gradient(tmp_path):
     assert np.quantile(difference, 0.999) < 0.02 * decay_part, np.quantile(difference, 0.999) / decay_part
 
 
+ALIGN = r"""
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfsemiseg.methods.unimatch import DistributionAlignment
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    align = DistributionAlignment(2, momentum=0.0)
+def step(labels, probs):
+    i = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return align(probs[i][None, None], labels[i][None, None], tf.ones([1, 1, 2]))
+labels = tf.constant([[0, 0], [0, 1]])  # replica 0 sees class 0 only, replica 1 half and half
+probs = tf.constant([[[0.5, 0.5], [0.5, 0.5]], [[0.9, 0.1], [0.9, 0.1]]])
+out = strategy.run(tf.function(step), (labels, probs))
+print(json.dumps({"prior": align.prior.numpy().tolist(), "predicted": align.predicted.numpy().tolist(),
+                  "aligned": [v.numpy().tolist() for v in strategy.experimental_local_results(out)]}))
+"""
+
+
+def test_two_replicas_align_with_the_same_running_class_frequencies():
+    """`DistributionAlignment`'s running means are averaged over replicas (aggregation "mean"), so
+    every replica aligns its pseudo-labels with the global batch's class frequencies."""
+    proc = subprocess.run([sys.executable, "-c", ALIGN], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(out["prior"], [0.75, 0.25], rtol=1e-5)
+    np.testing.assert_allclose(out["predicted"], [0.7, 0.3], rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["alss", pytest.param("pseudoseg", marks=pytest.mark.slow),
                                     pytest.param("st", marks=pytest.mark.slow)])  # suite budget
 # pseudoseg and st: StrongAugment must stay float32 under the bfloat16 policy

@@ -11,7 +11,8 @@ from tfsemiseg.data import pipeline
 from tfsemiseg.data.io import IGNORE_LABEL
 from tfsemiseg.methods import METHODS
 from tfsemiseg.methods.fixmatch import FixMatch
-from tfsemiseg.methods.unimatch import UniMatch, feature_dropout, mix_with_reversed, pseudo_labels
+from tfsemiseg.methods.unimatch import (DistributionAlignment, UniMatch, feature_dropout, mix_with_reversed,
+                                       pseudo_labels)
 from tfsemiseg.models.segmenters import build_segmenter
 
 
@@ -231,3 +232,40 @@ def test_the_strong_views_colour_settings_reach_the_augmentation_and_are_checked
         configs.get_config("fixmatch", "synthetic").override(["color_jitter=0.5,0.5"]).validate()
     with pytest.raises(ValueError, match=r"--set p_gray=1.5"):
         configs.get_config("unimatch", "synthetic").override(["p_gray=1.5"]).validate()
+
+
+def test_distribution_alignment_moves_the_pseudo_labels_toward_the_labeled_class_frequencies():
+    """q = Normalize(p * prior / predicted), the running means zero-started and normalised."""
+    align = DistributionAlignment(2, momentum=0.5)
+    labels = tf.constant([[[0, 1, 1, IGNORE_LABEL]]])  # labeled pixels: class 0 1/3, class 1 2/3
+    probs = tf.constant([[[[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.5, 0.5]]]])  # over-predicts class 0
+    valid = tf.constant([[1, 1, 1, 0]])  # the last unlabeled pixel is padding: not in the mean
+    predicted = np.array([0.9 + 0.8 + 0.6, 0.1 + 0.2 + 0.4]) / 3
+    prior = np.array([1 / 3, 2 / 3])
+    expected = probs.numpy() * prior / predicted
+    expected /= expected.sum(-1, keepdims=True)
+    aligned = align(probs, labels, valid).numpy()
+    np.testing.assert_allclose(aligned, expected, rtol=1e-4)
+    assert aligned.sum(-1) == pytest.approx(np.ones((1, 1, 4)))
+    assert list(aligned[0, 0].argmax(-1)) == [0, 1, 1, 1]  # two pixels' pseudo-labels move to class 1
+    # A second step: running means, momentum m = 0.5, zero-started and normalised, so the steps weigh
+    # m (1 - m) and (1 - m): (m a + b) / (1 + m), with no pull toward the zero start.
+    align(tf.constant([[[1.0, 0.0]]])[None], tf.constant([[[0]]]), tf.constant([[1]]))
+    for variable, first in ((align.prior, prior), (align.predicted, predicted)):
+        np.testing.assert_allclose(variable.numpy() / variable.numpy().sum(), (0.5 * first + [1, 0]) / 1.5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [UniMatch, FixMatch])
+def test_distribution_alignment_is_off_by_default_and_changes_the_pseudo_labels_when_on(cls):
+    assert configs.get_config(cls.__name__.lower(), "synthetic").distribution_alignment is False
+    assert make_model(cls).alignment is None
+    cfg = configs.get_config(cls.__name__.lower(), "synthetic").override(["distribution_alignment=true"])
+    model = cls.create(cfg, runner.load_dataset(cfg.replace(crop_size=32)))
+    data = batch(views=cls.strong_views)
+    model.train_step(data)
+    # The labeled batch's classes (0-2, uniform) are counted in the running prior; the others stay 0.
+    prior = model.alignment.prior.numpy()
+    assert prior[:3].sum() == pytest.approx(0.01, rel=1e-4) and np.all(prior[3:] == 0)
+    assert model.alignment.predicted.numpy().sum() == pytest.approx(0.01, rel=1e-4)
+    # Its state is part of the method's weights, so a resumed run continues the running means.
+    assert {"prior", "predicted"} <= {v.name for v in model.non_trainable_variables}

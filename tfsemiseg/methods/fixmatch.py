@@ -14,7 +14,7 @@ OHEM, the head without dropout) and its deviations from the official code are Un
 import tensorflow as tf
 
 from tfsemiseg.methods.base import register
-from tfsemiseg.methods.unimatch import UniMatch, confident_share, mix_with_reversed, pseudo_labels
+from tfsemiseg.methods.unimatch import UniMatch, confident_share, mix_with_reversed
 
 
 @register("fixmatch")
@@ -29,7 +29,7 @@ class FixMatch(UniMatch):
         with tf.GradientTape() as tape:
             logits = self.segmenter(tf.concat([x, u_w], 0), training=True)
             logits_x, logits_w = logits[:n], logits[n:]
-            target, confidence = pseudo_labels(logits_w)
+            target, confidence = self.pseudo_labels(logits_w, y, valid)
             strong, target_s, confidence_s, valid_s = mix_with_reversed(
                 u["box_1"], u["image_strong_1"], target, confidence, valid)
             loss_x = self.supervised_loss(y, logits_x)

@@ -26,15 +26,19 @@ Where this differs from the official code (LiheYoung/UniMatch, unimatch.py):
   normalised tensors: the same thing, as normalisation is per pixel);
 - the head is built without dropout as the official DeepLab-v3+ of UniMatch, on this library's
   backbones (no deep-stem ResNet: `--backbone` as for every method).
+- `--set distribution_alignment=true` (off by default) is an addition, not the paper's: the
+  pseudo-labels' class distribution aligned with the labeled pixels' (`DistributionAlignment`).
 
     model = UniMatch.create(cfg, dataset)
     model.fit(UniMatch.train_data(dataset, cfg), steps_per_epoch=..., epochs=...)
 """
 
+import keras
 import tensorflow as tf
 
 from tfsemiseg import losses, optim
 from tfsemiseg.data import augment, pipeline
+from tfsemiseg.data.io import IGNORE_LABEL
 from tfsemiseg.methods.base import SegmentationMethod, register
 from tfsemiseg.models.segmenters import backbone_of, build_from_config, head_of, upsample
 
@@ -51,10 +55,59 @@ def feature_dropout(stages, rate=0.5, perturbed=FP_STAGES):
     return [drop(s) if i in perturbed else s for i, s in enumerate(stages)]
 
 
-def pseudo_labels(logits):
-    """(hard pseudo-label [B, H, W] int32, confidence [B, H, W]) of logits, without gradient."""
+def pseudo_labels(logits, align=None):
+    """(hard pseudo-label [B, H, W] int32, confidence [B, H, W]) of logits, without gradient; `align`
+    maps the softmax first (e.g. `DistributionAlignment`)."""
     probs = tf.nn.softmax(tf.stop_gradient(tf.cast(logits, tf.float32)))
+    if align is not None:
+        probs = align(probs)
     return tf.argmax(probs, axis=-1, output_type=tf.int32), tf.reduce_max(probs, axis=-1)
+
+
+class DistributionAlignment(keras.layers.Layer):
+    """ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020), per pixel; in segmentation
+    DARS aligns pseudo-labels with the labeled class distribution for the same reason (He et al.,
+    ICCV 2021): self-training drifts to the majority class.
+
+        q = Normalize(p * prior / predicted)
+
+    prior: the class frequencies of the labeled pixels, predicted: the mean softmax of the unlabeled
+    weak views' non-padded pixels, both running means over steps (`momentum`; zero-started and
+    normalised, which removes the start's bias). When the pseudo-labels over-predict a class its
+    probabilities shrink, and the classes they under-predict grow, before argmax and the threshold.
+    Not in UniMatch or FixMatch; their papers' settings leave it off (`distribution_alignment`).
+
+    Args:
+        num_classes: C.
+        momentum: of the running means (0.99: about the last 100 steps).
+    """
+
+    def __init__(self, num_classes, momentum=0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+        # Replicas average their updates (aggregation "mean"), so every replica aligns alike.
+        self.prior = self.add_weight(shape=(num_classes,), initializer="zeros", trainable=False,
+                                     aggregation="mean", name="prior")
+        self.predicted = self.add_weight(shape=(num_classes,), initializer="zeros", trainable=False,
+                                         aggregation="mean", name="predicted")
+
+    def _update(self, variable, frequencies):
+        variable.assign(self.momentum * variable + (1 - self.momentum) * frequencies)
+        return variable / tf.maximum(tf.reduce_sum(variable), 1e-12)
+
+    def call(self, probs, labels, valid):
+        """Aligned `probs` [B, H, W, C] of the unlabeled pixels (`valid` [B, H, W] marks the non-padded
+        ones) given the labeled batch's `labels` [B', H', W'] (IGNORE_LABEL not counted)."""
+        num_classes = tf.shape(probs)[-1]
+        labeled = tf.reshape(tf.cast(labels, tf.int32), [-1])
+        labeled = tf.boolean_mask(labeled, labeled != IGNORE_LABEL)
+        counts = tf.math.bincount(labeled, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
+        weight = tf.cast(valid, tf.float32)[..., None]
+        mean_prob = tf.reduce_sum(probs * weight, [0, 1, 2]) / tf.maximum(tf.reduce_sum(weight), 1.0)
+        prior = self._update(self.prior, counts / tf.maximum(tf.reduce_sum(counts), 1.0))
+        predicted = self._update(self.predicted, mean_prob)
+        aligned = probs * (prior + 1e-6) / (predicted + 1e-6)
+        return aligned / tf.reduce_sum(aligned, -1, keepdims=True)
 
 
 def confident_share(confidence, valid, tau):
@@ -71,7 +124,15 @@ def mix_with_reversed(box, *batches):
 @register("unimatch")
 class UniMatch(SegmentationMethod):
     """Args (besides `SegmentationMethod`'s): tau, the confidence threshold (0.95; 0 with OHEM for
-    Cityscapes); ohem, OHEM cross-entropy on the labeled images."""
+    Cityscapes); ohem, OHEM cross-entropy on the labeled images; semi_start, the first iteration of
+    the unsupervised losses; distribution_alignment, align the weak view's softmax with the labeled
+    class frequencies before the pseudo-labels are taken (`DistributionAlignment`; off, as the paper).
+
+    Example:
+
+        cfg = configs.get_config("unimatch", "synthetic").override(["distribution_alignment=true"])
+        model = UniMatch.create(cfg, runner.load_dataset(cfg))
+    """
 
     loss_names = ("loss", "loss_x", "loss_s", "loss_fp", "mask_ratio")
     strong_views = 2
@@ -86,18 +147,24 @@ class UniMatch(SegmentationMethod):
         # probability (the paper's); where colour is the class cue, hue 0 keeps it.
         color_jitter=(0.5, 0.5, 0.5, 0.25),
         p_gray=0.2,
+        # Align the pseudo-labels' class distribution with the labeled pixels' (`DistributionAlignment`;
+        # not the paper's: against self-training's drift to the majority class).
+        distribution_alignment=False,
     )
 
-    def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, semi_start=0, **kwargs):
+    def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, semi_start=0, distribution_alignment=False,
+                 **kwargs):
         super().__init__(segmenter, num_classes, **kwargs)
         self.tau, self.ohem, self.semi_start = tau, ohem, semi_start
+        self.alignment = DistributionAlignment(num_classes) if distribution_alignment else None
         self.backbone, self.head = backbone_of(segmenter), head_of(segmenter)
 
     @classmethod
     def create(cls, cfg, dataset):
         # UniMatch's DeepLab-v3+ has no dropout: the FP stream is its only feature noise.
         model = cls(build_from_config(cfg, dataset.num_classes, dropout=False), dataset.num_classes,
-                    tau=cfg.tau, ohem=cfg.ohem, semi_start=cfg.semi_start, **cls.shared_settings(cfg))
+                    tau=cfg.tau, ohem=cfg.ohem, semi_start=cfg.semi_start,
+                    distribution_alignment=cfg.distribution_alignment, **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
         return model
 
@@ -112,6 +179,13 @@ class UniMatch(SegmentationMethod):
                                                        jitter=cfg.color_jitter, p_gray=cfg.p_gray),
                                                    strong_views=cls.strong_views, mix_boxes=True),
         })
+
+    def pseudo_labels(self, logits_w, labels, valid):
+        """(target y_w, confidence c_w) of the weak view's logits, aligned with the labeled batch's
+        class frequencies when `distribution_alignment` is on."""
+        if self.alignment is None:
+            return pseudo_labels(logits_w)
+        return pseudo_labels(logits_w, lambda probs: self.alignment(probs, labels, valid))
 
     def supervised_loss(self, labels, logits):
         return losses.ohem_cross_entropy(labels, logits) if self.ohem else losses.cross_entropy(labels, logits)
@@ -141,7 +215,7 @@ class UniMatch(SegmentationMethod):
             logits = upsample(self.head([tf.concat([s, f], 0) for s, f in zip(stages, fp)], training=True),
                               tf.concat([x, u_w, u_w], 0))
             logits_x, logits_w, logits_fp = logits[:n], logits[n:2 * n], logits[2 * n:]
-            target, confidence = pseudo_labels(logits_w)
+            target, confidence = self.pseudo_labels(logits_w, y, valid)
 
             # Two strong views, each CutMixed with the reversed batch, through the segmenter once.
             mixed = [mix_with_reversed(u[f"box_{i}"], u[f"image_strong_{i}"], target, confidence, valid)
