@@ -3,6 +3,7 @@
     python benchmarks/benchmark.py --method=alss --arch=deeplabv2 --backbone=resnet101 --crop=161 --batch=2
     python benchmarks/benchmark.py --method=alss ... --mixed_precision --freeze_bn --jit_compile
     python benchmarks/benchmark.py --method=alss ... --torch_python=/path/to/torch-venv/bin/python
+    python benchmarks/benchmark.py --setting=camvid --method=suponly --mixed_precision   # the CamVid step
 
 Prints a header (TensorFlow, cores, what a dense matmul reaches in float32 and bfloat16), then
 the train step: the method's own `train_step` through `fit`, on random tensors shaped like its
@@ -45,18 +46,31 @@ from tfsemiseg.methods import SegmentationMethod, get_method  # noqa: E402
 from tfsemiseg.training import set_precision  # noqa: E402
 
 
+# Per --setting: the flags' defaults (the rest of the model comes from configs/, e.g. the CamVid
+# head's width and ASPP rates).
+SETTINGS = {
+    "voc": dict(arch="deeplabv2", backbone="resnet101", output_stride=8, crop=161, batch=2, classes=21),
+    "camvid": dict(arch="deeplabv3plus", backbone="efficientnet_lite0", output_stride=16, crop=224, batch=8,
+                   classes=11),
+}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="alss")
-    p.add_argument("--arch", default="deeplabv2")
-    p.add_argument("--backbone", default="resnet101")
-    p.add_argument("--output_stride", type=int, default=8)
+    p.add_argument("--setting", default="voc", choices=sorted(SETTINGS),
+                   help="the workload the other flags default to: voc, the issue's DeepLab-v2 ResNet-101 (crop "
+                   "161, batch 2, 21 classes, against the PyTorch reference); camvid, the CamVid setting's "
+                   "DeepLab-v3+ EfficientNet-Lite0 (crop 224, batch 8, 11 classes, its head)")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--output_stride", type=int, default=None)
     p.add_argument("--aspp_rates", default="", help="e.g. 1,2,3 for small crops; default: DeepLab's for the "
                    "output stride (v2: 6/12/18/24; v3+: 12/24/36 at OS 8, 6/12/18 at OS 16), meant for crops "
                    "of 321 and more: at small crops dilations wider than the feature map waste most of the step")
-    p.add_argument("--crop", type=int, default=161)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--classes", type=int, default=21)
+    p.add_argument("--crop", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--classes", type=int, default=None)
     p.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--jit_compile", action="store_true")
@@ -79,7 +93,11 @@ def parse_args(argv=None):
     p.add_argument("--profile", default="", help="folder: trace --steps more steps with the TF profiler (open it "
                    "in TensorBoard's profile plugin) and print the op types that take the time")
     p.add_argument("--top", type=int, default=15, help="op types printed with --profile")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, value in SETTINGS[args.setting].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def matmul_gflops(dtype, n=2048, repeats=10):
@@ -95,12 +113,14 @@ def matmul_gflops(dtype, n=2048, repeats=10):
 
 
 def benchmark_config(args):
-    cfg = configs.get_config(args.method, "voc").replace(
+    cfg = configs.get_config(args.method, args.setting).replace(
         arch=args.arch, backbone=args.backbone, output_stride=args.output_stride, crop_size=args.crop,
         batch_size=args.batch, backbone_weights="", freeze_bn=args.freeze_bn, jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, aspp_rates=(), iterations=10 ** 6, image_size=max(64, args.crop))
     if args.aspp_rates:
         return cfg.replace(aspp_rates=tuple(int(r) for r in args.aspp_rates.split(",")))
+    if args.setting == "camvid" and (args.arch, args.output_stride) == (cfg.arch, cfg.output_stride):
+        return cfg.replace(aspp_rates=configs.get_config(args.method, "camvid").aspp_rates)
     if args.arch == "deeplabv3plus":
         cfg = cfg.replace(aspp_rates=(12, 24, 36) if args.output_stride == 8 else (6, 12, 18))
     return cfg
@@ -181,10 +201,16 @@ def time_train_step(args, cfg):
           f"{', '.join(f'{s:.3f}' for s in after_last_step)} s after its last step")
     if args.profile:
         profile_steps(args, model, data)
-    images = args.batch * (2 if args.method in ("alss", "pseudoseg") else 1)  # labeled + unlabeled
-    if args.method == "pseudoseg":
-        images += args.batch  # the strong view
-    return seconds, images
+    return seconds, segmenter_images(spec)
+
+
+def segmenter_images(spec):
+    """Images per step that the segmenter sees: every image tensor of the batch (labeled, unlabeled,
+    strong views), not ALSS' `real` label maps for its discriminator."""
+    if not isinstance(spec, dict):
+        return spec.shape[0]
+    return sum(segmenter_images(v) if isinstance(v, dict) else v.shape[0]
+               for k, v in spec.items() if k != "real" and (isinstance(v, dict) or k.startswith("image")))
 
 
 def profile_steps(args, model, data):

@@ -237,3 +237,28 @@ def test_student_fit_measures_each_stage_on_what_it_trained_on(camvid_tree, tmp_
     assert pixels["fit to pseudo-labels"] == 6 * 24 * 32  # six unlabeled images of 24 x 32
     assert pixels["unlabeled vs truth"] < pixels["fit to pseudo-labels"]  # void (11) pixels are not counted
     assert 0 < pixels["labeled vs truth"] <= 2 * 24 * 32
+
+
+def test_speed_benchmark_camvid_setting_is_the_camvid_step():
+    args = speed.parse_args(["--setting=camvid", "--method=suponly"])
+    cfg = speed.benchmark_config(args)
+    assert (args.arch, args.backbone, args.output_stride, args.crop, args.batch, args.classes) == (
+        "deeplabv3plus", "efficientnet_lite0", 16, 224, 8, 11)
+    assert (cfg.crop_size, cfg.batch_size, cfg.head_channels, cfg.aspp_rates) == (224, 8, 128, (6, 12, 18))
+    args = speed.parse_args(["--setting=camvid", "--crop=96"])  # a flag given wins over the setting
+    assert args.crop == 96 and args.batch == 8
+    default = speed.parse_args([])
+    assert (default.arch, default.backbone, default.crop, default.batch, default.classes) == (
+        "deeplabv2", "resnet101", 161, 2, 21)
+
+
+def test_speed_benchmark_counts_the_images_the_segmenter_sees():
+    import tensorflow as tf
+
+    def spec(n):
+        return tf.TensorSpec([n, 8, 8, 3])
+    assert speed.segmenter_images(spec(4)) == 4
+    assert speed.segmenter_images({"labeled": {"image": spec(2), "label": spec(2)},
+                                   "unlabeled": {"image": spec(2), "valid": spec(2), "image_strong_1": spec(2),
+                                                 "image_strong_2": spec(2)},
+                                   "real": {"image": spec(2), "label": spec(2)}}) == 8

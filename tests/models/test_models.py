@@ -196,3 +196,58 @@ def test_dilated_conv_is_one_op_with_keras_results(monkeypatch):
     assert strided(x).shape == (2, 7, 7, 5)
     monkeypatch.setattr(convolution, "native_dilation_supported", lambda: False)
     assert "SpaceToBatchND" in op_types(ours)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_depthwise_conv_computes_in_float32_under_bfloat16_on_a_cpu(use_bias):
+    """Under mixed bfloat16 on a CPU the depthwise convolution (whose bfloat16 gradients oneDNN computes
+    3x slower than float32's) runs in float32: its output is the float32 convolution of the bfloat16
+    input, rounded once; its kernel gradient is float32's. In float32 it is Keras' layer."""
+    import tensorflow as tf
+    from tfsemiseg.models import convolution
+
+    x = tf.random.stateless_normal([2, 9, 9, 6], seed=[1, 2])
+    reference = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=use_bias)
+    reference.build(x.shape)
+    ours = convolution.DepthwiseConv2D(3, strides=2, padding="same", use_bias=use_bias, dtype="mixed_bfloat16")
+    ours.build(x.shape)
+    weights = [w + 0.1 for w in reference.get_weights()]  # a nonzero bias
+    reference.set_weights(weights)
+    ours.set_weights(weights)
+    x16 = tf.cast(x, tf.bfloat16)
+
+    def output_and_kernel_gradient(layer, inputs):
+        with tf.GradientTape() as tape:
+            y = layer(inputs)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        return y, tape.gradient(loss, layer.kernel)
+
+    y, grad = output_and_kernel_gradient(ours, x16)
+    assert y.dtype == tf.bfloat16 and grad.dtype == tf.float32
+    kernel16 = tf.cast(tf.cast(reference.kernel, tf.bfloat16), tf.float32)
+    expected = tf.nn.depthwise_conv2d(tf.cast(x16, tf.float32), kernel16, [1, 2, 2, 1], "SAME")
+    if use_bias:
+        expected += tf.cast(tf.cast(reference.bias, tf.bfloat16), tf.float32)
+    np.testing.assert_array_equal(np.asarray(tf.cast(y, tf.float32)),
+                                  np.asarray(tf.cast(tf.cast(expected, tf.bfloat16), tf.float32)))
+    _, grad32 = output_and_kernel_gradient(reference, tf.cast(x16, tf.float32))
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(grad32), rtol=0.02, atol=0.05)
+    dtypes = {op.get_attr("T") for op in tf.function(ours).get_concrete_function(x16).graph.get_operations()
+              if op.type == "DepthwiseConv2dNative"}
+    assert dtypes == {tf.float32}
+    float32_layer = convolution.DepthwiseConv2D(3, padding="same", use_bias=use_bias)
+    float32_layer.build(x.shape)
+    float32_layer.set_weights(weights)
+    same = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=use_bias)
+    same.build(x.shape)
+    same.set_weights(weights)
+    np.testing.assert_allclose(np.asarray(float32_layer(x)), np.asarray(same(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_efficientnet_lite_uses_the_float32_depthwise_convolution():
+    model = build_segmenter("deeplabv3plus", "efficientnet_lite0", num_classes=3, output_stride=16,
+                            backbone_weights="")
+    from tfsemiseg.models import convolution
+
+    depthwise = [layer for layer in backbone_of(model).layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert len(depthwise) == 16 and all(isinstance(layer, convolution.DepthwiseConv2D) for layer in depthwise)

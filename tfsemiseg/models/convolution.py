@@ -65,3 +65,42 @@ class Conv2D(layers.Conv2D):
             return super().convolution_op(inputs, kernel)
         return tf.nn.conv2d(inputs, kernel, strides=1, padding=self.padding.upper(),
                             dilations=list(self.dilation_rate))
+
+
+@keras.saving.register_keras_serializable("tfsemiseg")
+class DepthwiseConv2D(layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` that computes in float32 under bfloat16 mixed precision on a CPU.
+
+    oneDNN's bfloat16 depthwise gradients are slower than its float32 ones: in the CamVid setting's
+    step (EfficientNet-Lite0, DeepLab-v3+, crop 224, batch 8; `benchmarks/benchmark.py
+    --setting=camvid --method=suponly --profile=DIR`) the 16 depthwise weight gradients took 0.399 s
+    a step in bfloat16 against 0.131 s in float32, the input gradients 0.147 against 0.055 s, which
+    cancelled every gain of the bfloat16 dense convolutions. So on a CPU the layer casts its input and
+    kernel to float32 and its output back to the compute dtype (the casts are cheap: a depthwise
+    convolution's tensors are a block's narrowest). Same variables; GPUs, float32 and float16 policies
+    take Keras' path.
+
+    Args:
+        Those of `keras.layers.DepthwiseConv2D`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> DepthwiseConv2D(3, padding="same")(np.ones((1, 8, 8, 4), "float32")).shape
+    TensorShape([1, 8, 8, 4])
+    """
+
+    def _float32_on_cpu(self):
+        return self.compute_dtype == "bfloat16" and not tf.config.list_physical_devices("GPU")
+
+    def call(self, inputs):
+        if not self._float32_on_cpu():
+            return super().call(inputs)
+        outputs = keras.ops.depthwise_conv(
+            tf.cast(inputs, tf.float32), tf.cast(self.kernel, tf.float32), strides=self.strides,
+            padding=self.padding, dilation_rate=self.dilation_rate, data_format=self.data_format)
+        if self.use_bias:
+            shape = [-1] + [1] * len(self.kernel_size) if self.data_format == "channels_first" else [-1]
+            outputs = outputs + tf.reshape(tf.cast(self.bias, tf.float32), shape)
+        outputs = tf.cast(outputs, self.compute_dtype)
+        return self.activation(outputs) if self.activation is not None else outputs

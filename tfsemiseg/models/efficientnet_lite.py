@@ -31,6 +31,7 @@ import keras
 from keras import layers
 
 from tfsemiseg import files
+from tfsemiseg.models.convolution import DepthwiseConv2D
 from tfsemiseg.models.normalization import BatchNormalization, ImageNormalization
 from tfsemiseg.models.torch_file import read_state_dict
 
@@ -80,8 +81,8 @@ def _mbconv(x, index, kernel, stride, dilation, expansion, in_width, out_width):
     if expansion != 1:
         x = layers.Conv2D(in_width * expansion, 1, use_bias=False, name=f"{name}_expand_conv")(x)
         x = layers.ReLU(6.0, name=f"{name}_expand_relu")(_bn(x, f"{name}_expand_bn"))
-    x = layers.DepthwiseConv2D(kernel, strides=stride, dilation_rate=dilation, padding="same", use_bias=False,
-                               name=f"{name}_dw_conv")(x)
+    x = DepthwiseConv2D(kernel, strides=stride, dilation_rate=dilation, padding="same", use_bias=False,
+                        name=f"{name}_dw_conv")(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(_bn(x, f"{name}_dw_bn"))
     x = layers.Conv2D(out_width, 1, use_bias=False, name=f"{name}_project_conv")(x)
     x = _bn(x, f"{name}_project_bn")
