@@ -51,4 +51,10 @@ DATASETS = {
         arch="deeplabv3plus", backbone="tiny", output_stride=8, aspp_rates=(1, 2, 3), head_channels=64,
         iterations=3000, steps_per_epoch=500, lr=0.02, weight_decay=1e-4, head_lr_mult=1.0,
     ),
+    "synthetic:efficientnet_lite0": dict(
+        split="1_16", image_size=64, crop_size=64, scale_range=(0.75, 1.5), batch_size=8, eval_batch_size=32,
+        arch="deeplabv3plus", backbone="efficientnet_lite0", backbone_weights="imagenet", output_stride=8,
+        aspp_rates=(1, 2, 3), head_channels=64,
+        iterations=3000, steps_per_epoch=500, lr=0.005, weight_decay=1e-4, head_lr_mult=10.0,
+    ),
 }
