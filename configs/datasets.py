@@ -15,6 +15,8 @@ A key `<dataset>:<backbone>` is a variant of the dataset's setting that `--backb
   features need no wider) on the `tiny` ResNet at output stride 8, 3000 iterations: the README
   quickstart, about 2 minutes on 2 cores. The v3+ decoder (stride 4) matters here: with
   DeepLab-v2's stride-8 logits the same run reaches about 49 mIoU at full labels, with it 63.
+- synthetic:efficientnet_lite0 (`--dataset=synthetic --backbone=efficientnet_lite0`): the same data and
+  schedule from ImageNet, at CamVid's learning rates, to tell what the from-scratch start does to a method.
 """
 
 DATASETS = {

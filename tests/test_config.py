@@ -46,6 +46,15 @@ def test_camvid_is_pretrained_and_the_from_scratch_setting_is_reachable():
         configs.get_config("suponly", "camvid:tiny")
 
 
+def test_the_synthetic_set_from_imagenet_keeps_its_data_and_its_methods_settings():
+    base = configs.get_config("fixmatch", "synthetic")
+    imagenet = configs.get_config("fixmatch", "synthetic", backbone="efficientnet_lite0")
+    assert (imagenet.backbone, imagenet.backbone_weights, imagenet.head_lr_mult) == ("efficientnet_lite0", "imagenet", 10.0)
+    same = ("split", "image_size", "crop_size", "batch_size", "iterations", "steps_per_epoch", "arch", "output_stride")
+    assert [getattr(imagenet, k) for k in same] == [getattr(base, k) for k in same]
+    assert imagenet.params == base.params  # the method's synthetic settings carry over
+
+
 def test_a_method_owns_its_hyperparameters():
     alss = configs.get_config("alss", "camvid")
     saved = json.loads(alss.to_json())
