@@ -107,8 +107,9 @@ class Config:
             need(len(self.color_jitter) == 4 and all(isinstance(v, (int, float)) and v >= 0 for v in self.color_jitter)
                  and self.color_jitter[3] <= 0.5, "--set color_jitter",
                  "must be four numbers >= 0 (brightness, contrast, saturation, hue <= 0.5), e.g. 0.5,0.5,0.5,0.25")
-        if "p_gray" in self.params:
-            need(0 <= self.p_gray <= 1, "--set p_gray", "must be a probability in [0, 1]")
+        for name in ("p_gray", "p_blur", "p_cutmix"):
+            if name in self.params:
+                need(0 <= self.params[name] <= 1, f"--set {name}", "must be a probability in [0, 1]")
         if "reliable_fraction" in self.params:
             need(0 < self.reliable_fraction < 1, "--set reliable_fraction", "must be between 0 and 1")
         need(self.distribute in ("none", "mirrored", "multiworker"), "--distribute",

@@ -216,22 +216,29 @@ def test_before_semi_start_the_loss_is_the_supervised_one(cls):
             assert logs["loss"] < logs["loss_x"]  # halved, plus a smaller unsupervised part
 
 
-def test_the_strong_views_colour_settings_reach_the_augmentation_and_are_checked(monkeypatch):
+def test_the_strong_views_settings_reach_the_augmentation_and_are_checked(monkeypatch):
     from tfsemiseg.data import augment, build_dataset
 
-    cfg = configs.get_config("fixmatch", "synthetic").override(["color_jitter=0.5,0.5,0.5,0", "p_gray=0"])
+    cfg = configs.get_config("fixmatch", "synthetic").override(["color_jitter=0.5,0.5,0.5,0", "p_gray=0",
+                                                                 "p_blur=0", "p_cutmix=0"])
     made = []
     real = augment.StrongAugment.unimatch
     monkeypatch.setattr(augment.StrongAugment, "unimatch",
                         classmethod(lambda cls, **kw: made.append(kw) or real.__func__(cls, **kw)))
-    FixMatch.train_data(build_dataset("synthetic", split="1_16", image_size=32), cfg)
-    assert made == [dict(jitter=(0.5, 0.5, 0.5, 0.0), p_gray=0.0)]
-    strong = real(jitter=(0.5, 0.5, 0.5, 0.0), p_gray=0.0)
-    assert strong.jitter.hue == 0.0 and strong.p_gray == 0.0 and strong.p_cutout == 0.0
+    data = FixMatch.train_data(build_dataset("synthetic", split="1_16", image_size=32), cfg)
+    assert made == [dict(jitter=(0.5, 0.5, 0.5, 0.0), p_gray=0.0, p_blur=0.0)]
+    strong = real(jitter=(0.5, 0.5, 0.5, 0.0), p_gray=0.0, p_blur=0.0)
+    assert strong.jitter.hue == 0.0 and strong.p_gray == 0.0 and strong.p_blur == 0.0 and strong.p_cutout == 0.0
+    boxes = [int(tf.reduce_sum(tf.cast(b["unlabeled"]["box_1"], tf.int32))) for b in data.take(4)]
+    assert boxes == [0, 0, 0, 0]  # p_cutmix=0: no box is ever filled
+    with_boxes = FixMatch.train_data(build_dataset("synthetic", split="1_16", image_size=32),
+                                     configs.get_config("fixmatch", "synthetic").override(["p_cutmix=1"]))
+    assert all(int(tf.reduce_sum(tf.cast(b["unlabeled"]["box_1"], tf.int32))) > 0 for b in with_boxes.take(2))
     with pytest.raises(ValueError, match=r"--set color_jitter=.*four numbers"):
         configs.get_config("fixmatch", "synthetic").override(["color_jitter=0.5,0.5"]).validate()
-    with pytest.raises(ValueError, match=r"--set p_gray=1.5"):
-        configs.get_config("unimatch", "synthetic").override(["p_gray=1.5"]).validate()
+    for name in ("p_gray", "p_blur", "p_cutmix"):
+        with pytest.raises(ValueError, match=rf"--set {name}=1.5"):
+            configs.get_config("unimatch", "synthetic").override([f"{name}=1.5"]).validate()
 
 
 def test_distribution_alignment_moves_the_pseudo_labels_toward_the_labeled_class_frequencies():

@@ -204,10 +204,10 @@ class StrongAugment:
                    cutout_ratio=(1.0, 1.0), jitter_style="tf")
 
     @classmethod
-    def unimatch(cls, jitter=(0.5, 0.5, 0.5, 0.25), p_gray=0.2):
+    def unimatch(cls, jitter=(0.5, 0.5, 0.5, 0.25), p_gray=0.2, p_blur=0.5):
         """UniMatch's and FixMatch's strong view (Yang et al. 2023): ST++'s photometric part (torchvision
         jitter p 0.8, grayscale p 0.2, blur p 0.5) without cutout, which CutMix replaces."""
-        return cls(jitter=tuple(jitter), p_gray=p_gray, p_cutout=0.0)
+        return cls(jitter=tuple(jitter), p_gray=p_gray, p_blur=p_blur, p_cutout=0.0)
 
     def __call__(self, image, label):
         image = tf.cond(tf.random.uniform([]) < self.p_jitter, lambda: self.jitter(image), lambda: image)

@@ -65,7 +65,7 @@ def mixed_stream(streams, weights, cfg, seed=0, batch_size=None):
 
 
 def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_labels=False, image_classes=None,
-                     strong_views=0, mix_boxes=False):
+                     strong_views=0, mix_boxes=False, p_mix=0.5):
     """Infinite shuffled batches of unlabeled crops (labels are never read, unless `image_labels`).
 
     With `strong` (an `augment.StrongAugment`), each crop also gets a strongly augmented
@@ -78,8 +78,9 @@ def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_l
     With `strong_views=n` (UniMatch 2, FixMatch 1), the named views "image_strong_<i>" replace
     "image_strong": independent draws of `strong` on the same weak crop, so they share its geometry
     and its padding mask "valid" (`strong` then has no cutout: CutMix takes its place). With
-    `mix_boxes`, each view gets a CutMix box "box_<i>" (`augment.random_box`: p 0.5, 2-40 % of the
-    crop, the official sampler), which the method fills from another image of the batch.
+    `mix_boxes`, each view gets a CutMix box "box_<i>" (`augment.random_box`: with probability `p_mix`,
+    0.5 as the official sampler, 2-40 % of the crop; else empty), which the method fills from another
+    image of the batch.
     """
     def prepare(example):
         example = prescale(example, cfg.image_scale)
@@ -106,7 +107,7 @@ def unlabeled_stream(dataset, cfg, seed=1, batch_size=None, strong=None, image_l
         for i in range(1, strong_views + 1):
             out[f"image_strong_{i}"] = strong(image, pad)[0]
             if mix_boxes:
-                out[f"box_{i}"] = tf.cast(augment.random_box(tf.shape(image)[0], tf.shape(image)[1]), tf.uint8)
+                out[f"box_{i}"] = tf.cast(augment.random_box(tf.shape(image)[0], tf.shape(image)[1], p=p_mix), tf.uint8)
         return out
 
     extras = {"classes": image_classes} if image_classes is not None else None

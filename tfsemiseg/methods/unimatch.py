@@ -147,6 +147,9 @@ class UniMatch(SegmentationMethod):
         # probability (the paper's); where colour is the class cue, hue 0 keeps it.
         color_jitter=(0.5, 0.5, 0.5, 0.25),
         p_gray=0.2,
+        # The strong views' Gaussian blur probability and their CutMix probability (the paper's 0.5 each).
+        p_blur=0.5,
+        p_cutmix=0.5,
         # Align the pseudo-labels' class distribution with the labeled pixels' (`DistributionAlignment`;
         # not the paper's: against self-training's drift to the majority class).
         distribution_alignment=False,
@@ -176,8 +179,10 @@ class UniMatch(SegmentationMethod):
             "labeled": pipeline.labeled_stream(dataset, cfg, seed=cfg.seed),
             "unlabeled": pipeline.unlabeled_stream(dataset, cfg, seed=cfg.seed + 1,
                                                    strong=augment.StrongAugment.unimatch(
-                                                       jitter=cfg.color_jitter, p_gray=cfg.p_gray),
-                                                   strong_views=cls.strong_views, mix_boxes=True),
+                                                       jitter=cfg.color_jitter, p_gray=cfg.p_gray,
+                                                       p_blur=cfg.p_blur),
+                                                   strong_views=cls.strong_views, mix_boxes=True,
+                                                   p_mix=cfg.p_cutmix),
         })
 
     def pseudo_labels(self, logits_w, labels, valid):
