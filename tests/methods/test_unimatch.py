@@ -1,6 +1,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -276,3 +277,15 @@ def test_distribution_alignment_is_off_by_default_and_changes_the_pseudo_labels_
     assert model.alignment.predicted.numpy().sum() == pytest.approx(0.01, rel=1e-4)
     # Its state is part of the method's weights, so a resumed run continues the running means.
     assert {"prior", "predicted"} <= {v.name for v in model.non_trainable_variables}
+
+
+@pytest.mark.parametrize("cls", [UniMatch, FixMatch])
+def test_the_head_has_no_dropout_by_default_and_the_v3plus_dropouts_with_head_dropout(cls):
+    def dropouts(cfg):
+        model = cls.create(cfg, runner.load_dataset(cfg.replace(crop_size=32)))
+        return sorted(layer.name for layer in model.segmenter._flatten_layers()
+                      if isinstance(layer, (keras.layers.Dropout, keras.layers.SpatialDropout2D)))
+
+    cfg = configs.get_config(cls.__name__.lower(), "synthetic")
+    assert dropouts(cfg) == []
+    assert dropouts(cfg.override(["head_dropout=true"])) == ["head_aspp_dropout", "head_dropout"]

@@ -150,6 +150,9 @@ class UniMatch(SegmentationMethod):
         # The strong views' Gaussian blur probability and their CutMix probability (the paper's 0.5 each).
         p_blur=0.5,
         p_cutmix=0.5,
+        # The DeepLab-v3+ head's dropouts (ASPP 0.5, decoder 0.1), which every other method's head has;
+        # off as the official UniMatch head.
+        head_dropout=False,
         # Align the pseudo-labels' class distribution with the labeled pixels' (`DistributionAlignment`;
         # not the paper's: against self-training's drift to the majority class).
         distribution_alignment=False,
@@ -164,8 +167,8 @@ class UniMatch(SegmentationMethod):
 
     @classmethod
     def create(cls, cfg, dataset):
-        # UniMatch's DeepLab-v3+ has no dropout: the FP stream is its only feature noise.
-        model = cls(build_from_config(cfg, dataset.num_classes, dropout=False), dataset.num_classes,
+        # UniMatch's DeepLab-v3+ has no dropout (`head_dropout`): the FP stream is its only feature noise.
+        model = cls(build_from_config(cfg, dataset.num_classes, dropout=cfg.head_dropout), dataset.num_classes,
                     tau=cfg.tau, ohem=cfg.ohem, semi_start=cfg.semi_start,
                     distribution_alignment=cfg.distribution_alignment, **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
