@@ -217,6 +217,16 @@ def test_before_semi_start_the_loss_is_the_supervised_one(cls):
             assert logs["loss"] < logs["loss_x"]  # halved, plus a smaller unsupervised part
 
 
+@pytest.mark.parametrize("cls", [UniMatch, FixMatch])
+@pytest.mark.parametrize("average", [True, False])
+def test_the_loss_is_the_mean_of_the_two_terms_or_with_average_losses_off_their_sum(cls, average):
+    logs = {k: float(v) for k, v in make_model(cls, tau=0.0, average_losses=average).train_step(
+        batch(views=cls.strong_views)).items()}
+    loss_u = 0.5 * logs["loss_s"] + 0.5 * logs["loss_fp"] if cls is UniMatch else logs["loss_s"]
+    expected = (logs["loss_x"] + loss_u) / 2 if average else logs["loss_x"] + loss_u
+    assert loss_u > 0 and logs["loss"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_the_strong_views_settings_reach_the_augmentation_and_are_checked(monkeypatch):
     from tfsemiseg.data import augment, build_dataset
 

@@ -125,7 +125,7 @@ def mix_with_reversed(box, *batches):
 class UniMatch(SegmentationMethod):
     """Args (besides `SegmentationMethod`'s): tau, the confidence threshold (0.95; 0 with OHEM for
     Cityscapes); ohem, OHEM cross-entropy on the labeled images; semi_start, the first iteration of
-    the unsupervised losses; distribution_alignment, align the weak view's softmax with the labeled
+    the unsupervised losses; average_losses, L = (L_x + L_u) / 2 as the official code (else L_x + L_u); distribution_alignment, align the weak view's softmax with the labeled
     class frequencies before the pseudo-labels are taken (`DistributionAlignment`; off, as the paper).
 
     Example:
@@ -143,6 +143,9 @@ class UniMatch(SegmentationMethod):
         # Iteration from which the unsupervised losses count; before it L = L_x (0, the paper's:
         # its networks start from ImageNet).
         semi_start=0,
+        # L = (L_x + L_u) / 2 (the official code's); false: L = L_x + L_u (Sohn et al.'s FixMatch, lambda_u 1),
+        # which keeps the supervised term at the dataset's learning rate, as SupOnly's.
+        average_losses=True,
         # The strong views' colour jitter (brightness, contrast, saturation, hue) and grayscale
         # probability (the paper's); where colour is the class cue, hue 0 keeps it.
         color_jitter=(0.5, 0.5, 0.5, 0.25),
@@ -159,9 +162,10 @@ class UniMatch(SegmentationMethod):
     )
 
     def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, semi_start=0, distribution_alignment=False,
-                 **kwargs):
+                 average_losses=True, **kwargs):
         super().__init__(segmenter, num_classes, **kwargs)
         self.tau, self.ohem, self.semi_start = tau, ohem, semi_start
+        self.average_losses = average_losses
         self.alignment = DistributionAlignment(num_classes) if distribution_alignment else None
         self.backbone, self.head = backbone_of(segmenter), head_of(segmenter)
 
@@ -170,7 +174,8 @@ class UniMatch(SegmentationMethod):
         # UniMatch's DeepLab-v3+ has no dropout (`head_dropout`): the FP stream is its only feature noise.
         model = cls(build_from_config(cfg, dataset.num_classes, dropout=cfg.head_dropout), dataset.num_classes,
                     tau=cfg.tau, ohem=cfg.ohem, semi_start=cfg.semi_start,
-                    distribution_alignment=cfg.distribution_alignment, **cls.shared_settings(cfg))
+                    distribution_alignment=cfg.distribution_alignment, average_losses=cfg.average_losses,
+                    **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
         return model
 
@@ -202,9 +207,11 @@ class UniMatch(SegmentationMethod):
         return losses.confident_cross_entropy(target, logits, confidence, self.tau, valid)
 
     def combine(self, loss_x, loss_u):
-        """(L_x + L_u) / 2 from `semi_start` on (L_u: the weighted unsupervised losses), L_x before it."""
+        """(L_x + L_u) / 2 (L_x + L_u without `average_losses`) from `semi_start` on (L_u: the weighted
+        unsupervised losses), L_x before it."""
         on = tf.cast(self.optimizer.iterations >= self.semi_start, tf.float32)
-        return on * (loss_x + loss_u) / 2 + (1 - on) * loss_x
+        semi = (loss_x + loss_u) / 2 if self.average_losses else loss_x + loss_u
+        return on * semi + (1 - on) * loss_x
 
     @staticmethod
     def unpack(data):
