@@ -8,7 +8,9 @@ as in LiheYoung/UniMatch, fixmatch.py).
 
 UniMatch without the feature-perturbation stream and the second strong view; its settings (tau,
 OHEM, the head without dropout) and its deviations from the official code are UniMatch's
-(`tfsemiseg/methods/unimatch.py`).
+(`tfsemiseg/methods/unimatch.py`). With `--set one_pass=true` (off, UniMatch's code), x, u_w and s'
+go through the segmenter in one pass, as Sohn et al.'s code batches them: BatchNorm then normalises
+the strong views with the statistics of the whole step's batch, not of the strong views alone.
 """
 
 import tensorflow as tf
@@ -21,19 +23,34 @@ from tfsemiseg.methods.unimatch import UniMatch, confident_share, mix_with_rever
 class FixMatch(UniMatch):
     loss_names = ("loss", "loss_x", "loss_s", "mask_ratio")
     strong_views = 1
+    hyperparameters = dict(UniMatch.hyperparameters, one_pass=False)
+    one_pass = False
+
+    @classmethod
+    def create(cls, cfg, dataset):
+        model = super().create(cfg, dataset)
+        model.one_pass = cfg.one_pass
+        return model
 
     def train_step(self, data):
         x, y, u, u_w, valid = self.unpack(data)
         n = tf.shape(x)[0]
 
+        box = u["box_1"]
+        strong, = mix_with_reversed(box, u["image_strong_1"])
         with tf.GradientTape() as tape:
-            logits = self.segmenter(tf.concat([x, u_w], 0), training=True)
-            logits_x, logits_w = logits[:n], logits[n:]
+            if self.one_pass:
+                logits = self.segmenter(tf.concat([x, u_w, strong], 0), training=True)
+                logits_x, logits_w, logits_s = logits[:n], logits[n:2 * n], logits[2 * n:]
+            else:
+                logits = self.segmenter(tf.concat([x, u_w], 0), training=True)
+                logits_x, logits_w = logits[:n], logits[n:]
             target, confidence = self.pseudo_labels(logits_w, y, valid)
-            strong, target_s, confidence_s, valid_s = mix_with_reversed(
-                u["box_1"], u["image_strong_1"], target, confidence, valid)
+            target_s, confidence_s, valid_s = mix_with_reversed(box, target, confidence, valid)
+            if not self.one_pass:
+                logits_s = self.segmenter(strong, training=True)
             loss_x = self.supervised_loss(y, logits_x)
-            loss_s = self.unsupervised_loss(self.segmenter(strong, training=True), target_s, confidence_s, valid_s)
+            loss_s = self.unsupervised_loss(logits_s, target_s, confidence_s, valid_s)
             loss = self.combine(loss_x, loss_s)
         self.update_segmenter(tape, loss)
 
