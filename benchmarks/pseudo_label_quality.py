@@ -15,6 +15,10 @@ would train on, from the final segmenter on the whole unlabeled images: the shar
 class's pixels predicted with confidence >= tau, and what those confident pixels are labelled as
 (rows: true class, columns: pseudo-label, % of the row's confident pixels).
 
+With --recalibrate_bn=<N> (any run): is the evaluation's BatchNorm what a method lost? The final
+segmenter's val mIoU with its moving statistics, then with them re-estimated on N batches of weak
+crops of the unlabeled images (training-mode passes, momentum 0.9; the weights unchanged).
+
 With --focus=<class>, also that class's recall and precision in the pseudo-labels, and its share of
 pseudo-labeled pixels against its share of ground-truth pixels. With --students (ST / ST++), also
 how well the teacher and each student learnt what they trained on: its predictions on its pseudo-labeled images
@@ -129,6 +133,29 @@ def confident_labels(run_dir, cfg, dataset, tau):
     return cm, totals
 
 
+def recalibrated_bn(run_dir, cfg, dataset, batches):
+    """(val mIoU with the run's BatchNorm statistics, with them re-estimated on `batches` batches of
+    weak unlabeled crops) of the final segmenter."""
+    import keras
+
+    from tfsemiseg.data import pipeline
+    from tfsemiseg.methods.base import SegmentationMethod
+    from tfsemiseg.training import evaluate_model
+
+    _, segmenter = runner.load_run(run_dir)
+    model = SegmentationMethod(segmenter, dataset.num_classes, eval_window=cfg.eval_window)
+    model.compile()
+    before = evaluate_model(model, dataset, cfg, "val")["miou"]
+    for layer in segmenter._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    update = tf.function(lambda images: segmenter(images, training=True))
+    for batch in pipeline.unlabeled_stream(dataset, cfg, seed=123).take(batches):
+        update(batch["image"])
+    model.miou.reset_state()
+    return before, evaluate_model(model, dataset, cfg, "val")["miou"]
+
+
 def focus_report(miou, index):
     cm = np.asarray(miou.total_cm, np.float64)  # rows: ground truth, columns: pseudo-label
     tp = cm[index, index]
@@ -136,13 +163,18 @@ def focus_report(miou, index):
             f"pixels {100 * cm[:, index].sum() / cm.sum():.2f} % (truth {100 * cm[index].sum() / cm.sum():.2f} %)")
 
 
-def main(run_dirs, focus=None, students=False, tau=None):
+def main(run_dirs, focus=None, students=False, tau=None, recalibrate_bn=None):
     for run_dir in run_dirs:
         if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
             continue  # not a finished run (e.g. a log file matched by a glob)
         cfg, _ = runner.load_run(run_dir)
         dataset = runner.load_dataset(cfg)
         print(f"{run_dir}  ({cfg.method}, {cfg.dataset} {cfg.split})")
+        if recalibrate_bn:
+            before, after = recalibrated_bn(run_dir, cfg, dataset, recalibrate_bn)
+            print(f"  val mIoU {100 * before:.2f} with the run's BatchNorm statistics, {100 * after:.2f} with them "
+                  f"re-estimated on {recalibrate_bn} batches of weak unlabeled crops")
+            continue
         if tau is not None:
             cm, totals = confident_labels(run_dir, cfg, dataset, tau)
             print(f"  confidence >= {tau}: {100 * cm.sum() / totals.sum():.0f} % of the pixels, "
@@ -184,6 +216,6 @@ if __name__ == "__main__":
         given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(f"--{name}=")]
         return given[0] if given else None
 
-    tau = value("confident")
+    tau, batches = value("confident"), value("recalibrate_bn")
     main([a for a in sys.argv[1:] if not a.startswith("--")], value("focus"), "--students" in sys.argv,
-         None if tau is None else float(tau))
+         None if tau is None else float(tau), None if batches is None else int(batches))

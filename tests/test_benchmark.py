@@ -262,3 +262,32 @@ def test_speed_benchmark_counts_the_images_the_segmenter_sees():
                                    "unlabeled": {"image": spec(2), "valid": spec(2), "image_strong_1": spec(2),
                                                  "image_strong_2": spec(2)},
                                    "real": {"image": spec(2), "label": spec(2)}}) == 8
+
+
+def test_recalibrated_bn_reestimates_only_the_batchnorm_statistics(monkeypatch):
+    """pseudo_label_quality.py --recalibrate_bn: the moving statistics move to the weak crops' batch
+    statistics; the trained weights stay; the first mIoU is the run's own."""
+    import keras
+    import numpy as np
+
+    import configs
+    from tfsemiseg import runner
+    from tfsemiseg.models.segmenters import build_from_config
+
+    spec = importlib.util.spec_from_file_location("plq", os.path.join(ROOT, "benchmarks", "pseudo_label_quality.py"))
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    cfg = configs.get_config("suponly", "synthetic").replace(image_size=32, crop_size=32, batch_size=4)
+    dataset = runner.load_dataset(cfg)
+    segmenter = build_from_config(cfg, dataset.num_classes)
+    bns = [layer for layer in segmenter._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in bns:
+        bn.moving_variance.assign(np.full(bn.moving_variance.shape, 1e4, np.float32))
+    trained = [w.numpy().copy() for w in segmenter.trainable_weights]
+    monkeypatch.setattr(quality.runner, "load_run", lambda run_dir: (cfg, segmenter))
+
+    before, after = quality.recalibrated_bn("run", cfg, dataset, batches=3)
+    # 0.9 ** 3 of the old variance is left at most, plus the crops' own (far below 1e4 on the first layer).
+    assert float(np.max(bns[0].moving_variance.numpy())) < 0.75e4
+    assert all(np.array_equal(w.numpy(), t) for w, t in zip(segmenter.trainable_weights, trained))
+    assert 0 <= before <= 1 and 0 <= after <= 1

@@ -305,8 +305,7 @@ def test_the_head_has_no_dropout_by_default_and_the_v3plus_dropouts_with_head_dr
 def test_fixmatch_one_pass_batches_x_u_w_and_the_strong_view_together(one_pass):
     """With one_pass, the strong view's logits come from the pass over [x ; u_w ; s'] (BatchNorm over the
     whole batch); without, from a pass over s' alone. Checked with s' = u_w and no CutMix."""
-    model = make_model(FixMatch, tau=0.0)
-    model.one_pass = one_pass
+    model = make_model(FixMatch, tau=0.0, one_pass=one_pass)
     data = batch(views=1)
     data["unlabeled"]["image_strong_1"] = data["unlabeled"]["image"]
     data["unlabeled"]["box_1"] = tf.zeros_like(data["unlabeled"]["box_1"])
@@ -319,4 +318,6 @@ def test_fixmatch_one_pass_batches_x_u_w_and_the_strong_view_together(one_pass):
     target, confidence = pseudo_labels(logits_w)
     expected = float(losses.confident_cross_entropy(target, logits_s, confidence, 0.0, valid))
     assert float(model.train_step(data)["loss_s"]) == pytest.approx(expected, rel=1e-4)
-    assert configs.get_config("fixmatch", "synthetic").one_pass is False
+    cfg = configs.get_config("fixmatch", "synthetic")
+    assert cfg.one_pass is False
+    assert FixMatch.create(cfg.override(["one_pass=true"]), runner.load_dataset(cfg.replace(crop_size=32))).one_pass

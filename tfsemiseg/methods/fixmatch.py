@@ -24,13 +24,14 @@ class FixMatch(UniMatch):
     loss_names = ("loss", "loss_x", "loss_s", "mask_ratio")
     strong_views = 1
     hyperparameters = dict(UniMatch.hyperparameters, one_pass=False)
-    one_pass = False
 
-    @classmethod
-    def create(cls, cfg, dataset):
-        model = super().create(cfg, dataset)
-        model.one_pass = cfg.one_pass
-        return model
+    def __init__(self, segmenter, num_classes, one_pass=False, **kwargs):
+        super().__init__(segmenter, num_classes, **kwargs)
+        self.one_pass = one_pass
+
+    @staticmethod
+    def method_settings(cfg):
+        return dict(UniMatch.method_settings(cfg), one_pass=cfg.one_pass)
 
     def train_step(self, data):
         x, y, u, u_w, valid = self.unpack(data)

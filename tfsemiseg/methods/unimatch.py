@@ -125,8 +125,9 @@ def mix_with_reversed(box, *batches):
 class UniMatch(SegmentationMethod):
     """Args (besides `SegmentationMethod`'s): tau, the confidence threshold (0.95; 0 with OHEM for
     Cityscapes); ohem, OHEM cross-entropy on the labeled images; semi_start, the first iteration of
-    the unsupervised losses; average_losses, L = (L_x + L_u) / 2 as the official code (else L_x + L_u); distribution_alignment, align the weak view's softmax with the labeled
-    class frequencies before the pseudo-labels are taken (`DistributionAlignment`; off, as the paper).
+    the unsupervised losses; average_losses, L = (L_x + L_u) / 2 as the official code (else L_x + L_u);
+    distribution_alignment, align the weak view's softmax with the labeled class frequencies before the
+    pseudo-labels are taken (`DistributionAlignment`; off, as the paper).
 
     Example:
 
@@ -173,11 +174,15 @@ class UniMatch(SegmentationMethod):
     def create(cls, cfg, dataset):
         # UniMatch's DeepLab-v3+ has no dropout (`head_dropout`): the FP stream is its only feature noise.
         model = cls(build_from_config(cfg, dataset.num_classes, dropout=cfg.head_dropout), dataset.num_classes,
-                    tau=cfg.tau, ohem=cfg.ohem, semi_start=cfg.semi_start,
-                    distribution_alignment=cfg.distribution_alignment, average_losses=cfg.average_losses,
-                    **cls.shared_settings(cfg))
+                    **cls.method_settings(cfg), **cls.shared_settings(cfg))
         model.compile(optimizer=optim.segmenter_sgd(cfg), jit_compile=cfg.jit_compile)
         return model
+
+    @staticmethod
+    def method_settings(cfg):
+        """The constructor arguments this method takes from its own settings (FixMatch adds one_pass)."""
+        return dict(tau=cfg.tau, ohem=cfg.ohem, semi_start=cfg.semi_start,
+                    distribution_alignment=cfg.distribution_alignment, average_losses=cfg.average_losses)
 
     @classmethod
     def train_data(cls, dataset, cfg):
