@@ -1,7 +1,7 @@
 """The accuracy benchmarks in one command: every method at one split over several seeds, resumable.
 
     python benchmarks/semiseg_benchmark.py --dataset=synthetic     # the built-in set, 1/16: minutes a run
-    python benchmarks/semiseg_benchmark.py --dataset=camvid        # CamVid from ImageNet, 1/8: hours
+    python benchmarks/semiseg_benchmark.py --dataset=camvid        # CamVid from ImageNet, 1/16: hours
     python benchmarks/semiseg_benchmark.py --dataset=camvid --table_only   # tables and figure only
 
 Each run is `scripts/train.py --method=M --dataset=D --split=S --seed=N --mixed_precision` in
@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Precision: CamVid in bfloat16, where the CPU computes it (the issue's cheaper runs); the synthetic
 # set in float32 on every machine (its 64x64 crops on a tiny ResNet gain nothing from bfloat16).
 DATASETS = {
-    "camvid": dict(split="1_8", data_dir=os.path.join(ROOT, "..", "shared", "data", "camvid"), precision="bf16"),
+    "camvid": dict(split="1_16", data_dir=os.path.join(ROOT, "..", "shared", "data", "camvid"), precision="bf16"),
     "synthetic": dict(split="1_16", data_dir=None, precision="fp32"),
 }
 
@@ -70,7 +70,7 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", default="camvid", choices=sorted(DATASETS))
     parser.add_argument("--methods", default=None, help="comma-separated --method values (default: every method)")
     parser.add_argument("--variant", action="append", default=[], help="LABEL=METHOD [train.py args] (repeatable)")
-    parser.add_argument("--split", default=None, help="default: camvid 1_8, synthetic 1_16")
+    parser.add_argument("--split", default=None, help="default: camvid 1_16, synthetic 1_16")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--upper_bound_seeds", default="0,1,2", help="seeds of SupOnly on --split=full ('' for none)")
     parser.add_argument("--data_dir", default=None)

@@ -13,7 +13,7 @@ SETTINGS = {
     "voc": dict(semi_start=5000),
     "cityscapes": dict(semi_start=5000),
     # CPU-sized from ImageNet: the paper's D learning rate (1e-4); semi loss from 25 % of training.
-    "camvid": dict(semi_start=200),
+    "camvid": dict(semi_start=750),
     # CPU-sized, from scratch: the paper's D (lr 1e-4) wins outright and its confidence map
     # starves the semi loss; a 10x slower D keeps it informative (benchmarks/RESULTS.md).
     "camvid:tiny": dict(semi_start=500, d_lr=1e-5),

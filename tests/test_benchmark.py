@@ -94,7 +94,7 @@ def test_every_registered_method_runs_and_self_training_reuses_the_seeds_supervi
     assert not any("teacher" in c for c in benchmark.command(args, "alss", "1_16", 2, str(tmp_path), []))
     assert "--mixed_precision" not in cmd  # the synthetic set in float32
     camvid = benchmark.parse_args(["--dataset=camvid"])
-    assert camvid.split == "1_8" and "--mixed_precision" in benchmark.command(camvid, "alss", "1_8", 0, "w", [])
+    assert camvid.split == "1_16" and "--mixed_precision" in benchmark.command(camvid, "alss", "1_16", 0, "w", [])
 
 
 def test_bfloat16_is_refused_on_a_cpu_that_emulates_it(tmp_path, monkeypatch, capsys):
@@ -129,8 +129,8 @@ def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
     args = benchmark.parse_args(["--methods=suponly,alss", "--seeds=0,1", "--upper_bound_seeds=0",
                                  "--variant=alss_slow_d=alss --set d_lr=1e-5"])
     order = [(label, split, seed) for label, _, split, seed, _ in benchmark.plan(args)]
-    assert order == [("suponly", "1_8", 0), ("alss", "1_8", 0), ("suponly", "full", 0), ("suponly", "1_8", 1),
-                     ("alss", "1_8", 1), ("alss_slow_d", "1_8", 0), ("alss_slow_d", "1_8", 1)]
+    assert order == [("suponly", "1_16", 0), ("alss", "1_16", 0), ("suponly", "full", 0), ("suponly", "1_16", 1),
+                     ("alss", "1_16", 1), ("alss_slow_d", "1_16", 0), ("alss_slow_d", "1_16", 1)]
     assert benchmark.plan(args)[-1][4] == ["--set", "d_lr=1e-5"]
 
 

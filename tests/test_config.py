@@ -63,7 +63,7 @@ def test_a_method_owns_its_hyperparameters():
     with pytest.raises(ValueError, match=r"--set lambda_u: not a setting of --method=alss \(its own settings: "
                                          r"lambda_adv, .*d_beta_2; shared: "):
         alss.override(["lambda_u=2"])
-    assert alss.params == {**AdvSemiSeg.hyperparameters, "semi_start": 200}  # declared by the method, set per dataset
+    assert alss.params == {**AdvSemiSeg.hyperparameters, "semi_start": 750}  # declared by the method, set per dataset
     assert alss.override(["lambda_adv=0.02"]).lambda_adv == 0.02 and alss.lambda_adv == 0.01
     with pytest.raises(AttributeError, match="no setting 'lambda_u'"):
         alss.lambda_u
