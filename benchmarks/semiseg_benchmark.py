@@ -7,7 +7,8 @@
 Each run is `scripts/train.py --method=M --dataset=D --split=S --seed=N --mixed_precision` in
 `<runs_dir>/<label>_<split>_seed<N>/` (log beside it), every method at its dataset's setting
 (configs/), so at the same labeled-batch iteration budget. ST and ST++ take the same seed's
-SupOnly run as their teacher (`--set teacher=...`), so each seed's teacher trains once. Runs go
+SupOnly run as their teacher (`--set teacher=...`; it runs first, also when --methods leaves
+SupOnly out), so each seed's teacher trains once and is the SupOnly row they are compared with. Runs go
 seed by seed (seed 0 of every method first), so a partial benchmark already compares all
 methods. A finished run leaves a small record, `<records>/<label>_<split>_seed<N>.json` (its
 metrics, command and wall time; paths in it relative to the checkout, `RUNS/` for the runs
@@ -112,7 +113,23 @@ def plan(args):
     runs = main[0] + upper if main else upper
     for later in main[1:]:
         runs += later
-    return runs + [(label, method, args.split, seed, extra) for seed in seeds for label, method, extra in variants]
+    runs += [(label, method, args.split, seed, extra) for seed in seeds for label, method, extra in variants]
+    return runs if args.no_reuse_teacher else with_teachers(runs)
+
+
+def with_teachers(runs):
+    """`runs` with the seed's SupOnly run before the first ST / ST++ run that takes it as teacher
+    (whether or not --methods names SupOnly), and each run once."""
+    out, seen = [], set()
+    for run in runs:
+        label, method, split, seed, _ = run
+        if takes_teacher(method) and ("suponly", split, seed) not in seen:
+            out.append(("suponly", "suponly", split, seed, []))
+            seen.add(("suponly", split, seed))
+        if (label, split, seed) not in seen:
+            out.append(run)
+            seen.add((label, split, seed))
+    return out
 
 
 def run_dir(args, label, split, seed):
@@ -138,7 +155,7 @@ def command(args, method, split, seed, workdir, extra):
         cmd.append(f"--backbone={args.backbone}")
     for item in args.set:
         cmd += ["--set", item]
-    if takes_teacher(method) and not args.no_reuse_teacher and "suponly" in args.methods:
+    if takes_teacher(method) and not args.no_reuse_teacher:
         cmd += ["--set", f"teacher={run_dir(args, 'suponly', split, seed)}"]
     return cmd + list(extra)
 

@@ -125,6 +125,21 @@ def test_summary_table_compares_with_suponly_and_the_full_label_runs(tmp_path):
     assert "| suponly | full | **61.00 +- -** | 0 |" in table
 
 
+def test_self_training_alone_still_takes_the_seeds_supervised_run_as_teacher(tmp_path):
+    # `--methods=stpp` (no SupOnly named) used to train ST++'s own teacher: its seed then compared
+    # with a SupOnly run that was not its teacher.
+    args = benchmark.parse_args(["--dataset=synthetic", "--methods=stpp", "--seeds=2", "--upper_bound_seeds=",
+                                 f"--runs_dir={tmp_path}", "--variant=st_x=st --set tau=1"])
+    assert [(label, seed) for label, _, _, seed, _ in benchmark.plan(args)] == [
+        ("suponly", 2), ("stpp", 2), ("st_x", 2)]
+    cmd = benchmark.command(args, "stpp", "1_16", 2, str(tmp_path / "stpp_1_16_seed2"), [])
+    assert cmd[-2:] == ["--set", f"teacher={tmp_path / 'suponly_1_16_seed2'}"]
+    alone = benchmark.parse_args(["--dataset=synthetic", "--methods=st", "--seeds=0", "--upper_bound_seeds=",
+                                  "--no_reuse_teacher"])
+    assert [label for label, *_ in benchmark.plan(alone)] == ["st"]
+    assert not any("teacher" in c for c in benchmark.command(alone, "st", "1_16", 0, "w", []))
+
+
 def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
     args = benchmark.parse_args(["--methods=suponly,alss", "--seeds=0,1", "--upper_bound_seeds=0",
                                  "--variant=alss_slow_d=alss --set d_lr=1e-5"])
