@@ -10,8 +10,10 @@ Cityscapes: whole-resolution crops of 801 (sliding-window evaluation, window 801
 CamVid and synthetic keep their dataset settings, so UniMatch is compared with every method at
 SupOnly's labeled-batch budget, with the unsupervised losses from step 0 as the paper
 (`semi_start` delays them; a delay to 25 % of training did not help FixMatch on the synthetic
-set, benchmarks/RESULTS.md). The method's defaults (tau 0.95, no OHEM) are in
-`tfsemiseg.config.Config`; its head has no dropout (`tfsemiseg/methods/unimatch.py`).
+set, benchmarks/RESULTS.md). CamVid, street scenes like Cityscapes, takes Cityscapes' tau 0 (every
+pixel's hard pseudo-label) but not its OHEM, which would change the supervised loss SupOnly is
+compared on. The method's defaults (tau 0.95, no OHEM) are in `tfsemiseg.config.Config`; its head
+has no dropout (`tfsemiseg/methods/unimatch.py`).
 """
 
 _VOC = dict(arch="deeplabv3plus", backbone="resnet101", output_stride=16, aspp_rates=(6, 12, 18),
@@ -24,4 +26,5 @@ SETTINGS = {
     "cityscapes": dict(_VOC, image_scale=1.0, crop_size=801, eval_window=801, lr=0.005, head_lr_mult=1.0,
                        iterations=78000, steps_per_epoch=325, tau=0.0, ohem=True),
     "folder": dict(_VOC, backbone="resnet50", iterations=20000, steps_per_epoch=1000),
+    "camvid": dict(tau=0.0),
 }

@@ -68,3 +68,11 @@ def test_a_method_owns_its_hyperparameters():
     with pytest.raises(AttributeError, match="no setting 'lambda_u'"):
         alss.lambda_u
     assert configs.get_config("stpp", "camvid").override(["reliable_fraction=0.3"]).reliable_fraction == 0.3
+
+
+def test_street_scenes_take_unimatchs_cityscapes_threshold():
+    for method in ("unimatch", "fixmatch"):  # FixMatch is UniMatch's baseline, on its configs
+        assert configs.get_config(method, "cityscapes").tau == 0.0
+        assert configs.get_config(method, "camvid").tau == 0.0
+        assert configs.get_config(method, "voc").tau == 0.95
+        assert configs.get_config(method, "camvid").ohem is False  # SupOnly's supervised loss, unchanged
