@@ -18,8 +18,9 @@ stopped and run again. The wall time of every attempt is added up in `<run>.atte
 the run, which train.py keeps to its own files), brought up to date every minute while a run
 goes, so an attempt whose benchmark process is killed still counts.
 
-After every run the markdown tables (mean +- std per method; per run; mean per-class IoU) are
-rewritten to `<records>/results.md`, ready to paste into RESULTS.md, and the figure
+After every run the markdown tables are rewritten to `<records>/results.md` from every record in
+the folder, whichever command wrote it (mean +- std per method; the variants with their settings;
+per run; mean per-class IoU), ready to paste into RESULTS.md, and the figure
 `<records>.png` (one dot per seed and method, lines at SupOnly on the split and on full labels)
 is drawn when matplotlib is installed (`pip install -e .[benchmarks]`; not a runtime dependency).
 
@@ -37,6 +38,7 @@ full labels. The earlier 800-iteration CamVid records (float32, ST training its 
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -85,7 +87,7 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", default=None, help="e.g. tiny for the from-scratch setting")
     parser.add_argument("--set", action="append", default=[], help="name=value for every run (repeatable)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs to do, run nothing")
-    parser.add_argument("--table_only", action="store_true", help="rewrite the tables and the figure from finished runs")
+    parser.add_argument("--table_only", action="store_true", help="rewrite the tables and the figure from the records in --records")
     args = parser.parse_args(argv)
     defaults = DATASETS[args.dataset]
     args.methods = registered_methods() if args.methods is None else [m for m in args.methods.split(",") if m]
@@ -223,52 +225,96 @@ def _write_json(path, value):
 
 
 def finished(args):
-    """{label: [(seed, metrics, wall seconds, attempts)]} of the runs that have a record."""
+    """{label: [(seed, metrics, wall seconds, attempts, command)]} of every record in --records, whatever
+    command wrote it: the registered methods first (SupOnly first), SupOnly on full labels, then the
+    variants by label. A run on another split than --split is keyed `label (split)`."""
+    records = []
+    for name in sorted(os.listdir(args.records)) if os.path.isdir(args.records) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(args.records, name)) as f:
+                record = json.load(f)
+            if {"label", "split", "seed", "metrics"} <= set(record):
+                records.append(record)
+    methods = registered_methods()
+
+    def key(record):
+        return record["label"] if record["split"] == args.split else f"{record['label']} ({record['split']})"
+
+    def rank(label):
+        if label in methods:
+            return (0, methods.index(label), ())
+        if label == "suponly (full)":
+            return (1, 0, ())
+        return (2, 0, tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)))  # it3000 < it12000
+
     results = {}
-    for label, _method, split, seed, _extra in plan(args):
-        path = record_path(args, label, split, seed)
-        if os.path.exists(path):
-            record = json.load(open(path))
-            key = label if split == args.split else f"{label} ({split})"
-            results.setdefault(key, []).append(
-                (seed, record["metrics"], record["wall_seconds"], record["attempts"]))
+    for record in sorted(records, key=lambda r: (rank(key(r)), r["seed"])):
+        results.setdefault(key(record), []).append((record["seed"], record["metrics"], record["wall_seconds"],
+                                                    record["attempts"], record.get("command", "")))
     return results
+
+
+# What every benchmark command carries; the rest of a record's command is its variant's settings.
+_STANDARD = ("scripts/", "--method=", "--dataset=", "--split=", "--seed=", "--workdir=", "--verbose=",
+             "--data_dir=", "--mixed_precision", "teacher=")
+
+
+def settings(command):
+    """The settings a record's command adds to its method's benchmark command, e.g. `--set tau=0`."""
+    words = shlex.split(command)
+    kept = [w for i, w in enumerate(words) if not w.startswith(_STANDARD)
+            and not (w == "--set" and i + 1 < len(words) and words[i + 1].startswith("teacher="))]
+    return " ".join(kept)
 
 
 def summary(results):
     """{label: (mean, std or nan, seeds)} of val mIoU in %."""
     out = {}
     for label, runs in results.items():
-        mious = 100 * np.array([m["miou"] for _, m, _, _ in runs])
+        mious = 100 * np.array([m["miou"] for _, m, _, _, _ in runs])
         out[label] = (mious.mean(), np.std(mious, ddof=1) if len(mious) > 1 else float("nan"),
-                      [seed for seed, _, _, _ in runs])
+                      [seed for seed, _, _, _, _ in runs])
     return out
 
 
 def tables(args):
-    """The benchmark's markdown: mean +- std per method against SupOnly, then one row per run and the
-    mean per-class IoU."""
+    """The benchmark's markdown, from every record in --records: mean +- std per method against SupOnly,
+    the variants with their settings, then one row per run and the mean per-class IoU."""
     results = finished(args)
     stats = summary(results)
     base, full = stats.get("suponly"), stats.get("suponly (full)")
+    methods = registered_methods()
     where = os.path.join(os.path.basename(os.path.dirname(args.records)), os.path.basename(args.records))
-    lines = [f"{args.dataset}, split {args.split}, val mIoU (%); records in `{where}`.",
-             "", "| method | split | val mIoU, mean +- std | seeds | vs SupOnly | gap closed | mean wall time |",
-             "|---|---|---|---|---|---|---|"]
-    for label, runs in results.items():
+
+    def row(label, runs):
         mean, std, seeds = stats[label]
-        split = "full" if label.endswith("(full)") else args.split
+        split = label.split(" (")[1].rstrip(")") if " (" in label else args.split
         delta = closed = "-"
         if base and label != "suponly" and split == args.split:
             delta = f"{mean - base[0]:+.2f}"
             if full:
                 closed = f"{100 * (mean - base[0]) / (full[0] - base[0]):.0f} %"
         std_text = "-" if np.isnan(std) else f"{std:.2f}"
-        lines.append(f"| {label.split(' (')[0]} | {split} | **{mean:.2f} +- {std_text}** | {','.join(map(str, seeds))} "
-                     f"| {delta} | {closed} | {np.mean([w for _, _, w, _ in runs]) / 60:.1f} min |")
+        return (f"**{mean:.2f} +- {std_text}** | {','.join(map(str, seeds))} | {delta} | {closed} "
+                f"| {np.mean([w for _, _, w, _, _ in runs]) / 60:.1f} min |"), split
+
+    lines = [f"{args.dataset}, split {args.split}, val mIoU (%); records in `{where}`.",
+             "", "| method | split | val mIoU, mean +- std | seeds | vs SupOnly | gap closed | mean wall time |",
+             "|---|---|---|---|---|---|---|"]
+    variants = []
+    for label, runs in results.items():
+        text, split = row(label, runs)
+        if label.split(" (")[0] in methods and (split in (args.split, "full")):
+            lines.append(f"| {label.split(' (')[0]} | {split} | {text}")
+        else:
+            variants.append(f"| {label.split(' (')[0]} | `{settings(runs[0][4]) or '-'}` | {split} | {text}")
+    if variants:
+        lines += ["", "Variants (the method's benchmark command plus the settings shown)", "",
+                  "| variant | settings | split | val mIoU, mean +- std | seeds | vs SupOnly | gap closed "
+                  "| mean wall time |", "|---|---|---|---|---|---|---|---|"] + variants
     lines += ["", "| method | seed | stages (val mIoU) | val mIoU | wall time |", "|---|---|---|---|---|"]
     for label, runs in results.items():
-        for seed, metrics, wall, attempts in runs:
+        for seed, metrics, wall, attempts, _ in runs:
             stages = [f"{name.split('_', 1)[0]}: {100 * s['miou']:.2f}"
                       for name, s in metrics.get("stages", {}).items() if "miou" in s]
             resumed = f" ({attempts} attempts)" if attempts > 1 else ""
@@ -279,7 +325,8 @@ def tables(args):
         lines += ["", "Mean per-class IoU (%)", "", f"| method | {' | '.join(classes)} |",
                   f"|---|{'---|' * len(classes)}"]
         for label, runs in results.items():
-            values = np.array([[np.nan if v is None else v for v in m["per_class_iou"].values()] for _, m, _, _ in runs])
+            values = np.array([[np.nan if v is None else v for v in m["per_class_iou"].values()]
+                               for _, m, _, _, _ in runs])
             lines.append(f"| {label} | " + " | ".join(f"{100 * v:.1f}" for v in np.nanmean(values, 0)) + " |")
     return "\n".join(lines) + "\n"
 
@@ -296,12 +343,13 @@ def figure(args, path):
 
     results = finished(args)
     stats = summary(results)
-    labels = [label for label in results if not label.endswith("(full)")]
+    on_split = [label for label in results if " (" not in label]
+    labels = [label for label in on_split if label in registered_methods()] or on_split  # the methods' rows
     if not labels:
         return None
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 3.6))
     for x, label in enumerate(labels):
-        mious = [100 * m["miou"] for _, m, _, _ in results[label]]
+        mious = [100 * m["miou"] for _, m, _, _, _ in results[label]]
         ax.scatter([x] * len(mious), mious, s=28, color="C0", zorder=3)
         ax.plot([x - 0.25, x + 0.25], [np.mean(mious)] * 2, color="C0", lw=1.5)
     for key, name, style in (("suponly", f"SupOnly {args.split}", "--"), ("suponly (full)", "SupOnly full labels", ":")):

@@ -112,17 +112,42 @@ def test_bfloat16_is_refused_on_a_cpu_that_emulates_it(tmp_path, monkeypatch, ca
     assert not (tmp_path / "runs").exists()
 
 
+def _record(args, label, split, seed, miou, command=""):
+    benchmark._write_json(benchmark.record_path(args, label, split, seed), {
+        "label": label, "split": split, "seed": seed, "command": command, "wall_seconds": 60.0, "attempts": 1,
+        "metrics": {"miou": miou, "per_class_iou": {"a": miou}}})
+
+
 def test_summary_table_compares_with_suponly_and_the_full_label_runs(tmp_path):
     args = benchmark.parse_args(["--dataset=synthetic", "--methods=suponly,alss", "--seeds=0,1",
                                  "--upper_bound_seeds=0", f"--records={tmp_path}"])
     for label, split, seed, miou in (("suponly", "1_16", 0, 0.40), ("suponly", "1_16", 1, 0.42),
                                      ("alss", "1_16", 0, 0.50), ("alss", "1_16", 1, 0.52),
                                      ("suponly", "full", 0, 0.61)):
-        benchmark._write_json(benchmark.record_path(args, label, split, seed), {
-            "wall_seconds": 60.0, "attempts": 1, "metrics": {"miou": miou, "per_class_iou": {"a": miou}}})
+        _record(args, label, split, seed, miou)
     table = benchmark.tables(args)
     assert "| alss | 1_16 | **51.00 +- 1.41** | 0,1 | +10.00 | 50 % | 1.0 min |" in table
     assert "| suponly | full | **61.00 +- -** | 0 |" in table
+
+
+def test_tables_hold_every_record_whichever_command_wrote_it(tmp_path):
+    """A run of one variant or one seed rewrites results.md without dropping the other records, and
+    lists each variant with the settings its command added."""
+    args = benchmark.parse_args(["--dataset=synthetic", "--methods=", "--seeds=1", "--upper_bound_seeds=",
+                                 f"--records={tmp_path}", "--variant=unimatch_tau_0=unimatch --set tau=0"])
+    _record(args, "unimatch", "1_16", 0, 0.45)
+    _record(args, "suponly", "1_16", 0, 0.40)
+    _record(args, "unimatch_tau_0", "1_16", 1, 0.47, "scripts/train.py --method=unimatch --dataset=synthetic "
+            "--split=1_16 --seed=1 --workdir=RUNS/unimatch_tau_0_1_16_seed1 --verbose=2 --set tau=0")
+    _record(args, "st", "1_16", 0, 0.44, "scripts/train.py --method=st --workdir=RUNS/st --verbose=2 "
+            "--set teacher=RUNS/suponly_1_16_seed0")
+    _record(args, "suponly_it12000", "1_16", 0, 0.43, "scripts/train.py --method=suponly --set iterations=12000")
+    _record(args, "suponly_it3000", "1_16", 0, 0.41, "scripts/train.py --method=suponly --set iterations=3000")
+    table = benchmark.tables(args)
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "**" in line]
+    assert rows == ["| suponly", "| unimatch", "| st", "| suponly_it3000", "| suponly_it12000", "| unimatch_tau_0"]
+    assert "| unimatch_tau_0 | `--set tau=0` | 1_16 | **47.00 +- -** | 1 | +7.00 |" in table
+    assert "teacher" not in table  # ST's teacher is the seed's SupOnly run, not a setting of its own
 
 
 def test_self_training_alone_still_takes_the_seeds_supervised_run_as_teacher(tmp_path):
