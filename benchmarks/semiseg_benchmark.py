@@ -134,6 +134,26 @@ def with_teachers(runs):
     return out
 
 
+def with_missing_teachers(args, todo):
+    """`todo` with the seed's SupOnly run again before an ST / ST++ run whose teacher has a record but
+    no finished run in --runs_dir (a fresh machine, another runs folder): the teacher trains again and
+    its record is rewritten, so the SupOnly row stays the run the students learned from."""
+    if args.no_reuse_teacher:
+        return todo
+    out = []
+    for run in todo:
+        label, method, split, seed, _ = run
+        teacher = ("suponly", "suponly", split, seed, [])
+        if (takes_teacher(method) and teacher not in out
+                and not os.path.exists(os.path.join(run_dir(args, "suponly", split, seed), "metrics.json"))):
+            print(f"{label} seed {seed}: its teacher has a record but no run in {args.runs_dir}; "
+                  "SupOnly trains again and its record is rewritten", flush=True)
+            out.append(teacher)
+        if run not in out:
+            out.append(run)
+    return out
+
+
 def run_dir(args, label, split, seed):
     return os.path.join(args.runs_dir, f"{label}_{split}_seed{seed}")
 
@@ -381,7 +401,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.runs_dir, args.records = os.path.abspath(args.runs_dir), os.path.abspath(args.records)
     args.data_dir = args.data_dir and os.path.normpath(args.data_dir)
-    todo = [r for r in plan(args) if not os.path.exists(record_path(args, r[0], r[2], r[3]))]
+    todo = with_missing_teachers(args, [r for r in plan(args) if not os.path.exists(record_path(args, r[0], r[2], r[3]))])
     if todo and args.precision == "bf16" and not args.table_only and not args.dry_run:
         from tfsemiseg.training import native_bfloat16
 
@@ -390,7 +410,7 @@ def main(argv=None):
                   "TensorFlow would emulate it, many times slower than float32. Run with --precision=fp32 "
                   "(the records keep each run's command) or on a CPU with bfloat16.", file=sys.stderr)
             return 2
-    print(f"{len(plan(args)) - len(todo)} runs finished, {len(todo)} to do", flush=True)
+    print(f"{len([r for r in plan(args) if r not in todo])} runs finished, {len(todo)} to do", flush=True)
     if args.dry_run:
         for label, method, split, seed, extra in todo:
             print(" ", " ".join(command(args, method, split, seed, run_dir(args, label, split, seed), extra)[1:]))

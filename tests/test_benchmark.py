@@ -165,6 +165,24 @@ def test_self_training_alone_still_takes_the_seeds_supervised_run_as_teacher(tmp
     assert not any("teacher" in c for c in benchmark.command(alone, "st", "1_16", 0, "w", []))
 
 
+def test_a_teacher_recorded_but_not_on_this_machine_trains_again_before_its_students(tmp_path, capsys):
+    """On a fresh clone the SupOnly record is committed but its run folder, which ST reads, is not."""
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    argv = ["--dataset=synthetic", "--methods=st", "--seeds=0", "--upper_bound_seeds=", f"--records={records}",
+            f"--runs_dir={runs}", "--dry_run"]
+    args = benchmark.parse_args(argv)
+    _record(args, "suponly", "1_16", 0, 0.40)
+    assert benchmark.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 runs finished, 2 to do" in out
+    assert out.index("--method=suponly") < out.index("--method=st")
+    (runs / "suponly_1_16_seed0").mkdir(parents=True)
+    (runs / "suponly_1_16_seed0" / "metrics.json").write_text("{}")
+    assert benchmark.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 runs finished, 1 to do" in out and "--method=suponly" not in out
+
+
 def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
     args = benchmark.parse_args(["--methods=suponly,alss", "--seeds=0,1", "--upper_bound_seeds=0",
                                  "--variant=alss_slow_d=alss --set d_lr=1e-5"])
