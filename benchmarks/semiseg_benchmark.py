@@ -368,7 +368,7 @@ def figure(args, path):
     labels = [label for label in on_split if label in registered_methods()] or on_split  # the methods' rows
     if not labels:
         return None
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 3.6))
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 4.5, 3.6))
     for x, label in enumerate(labels):
         mious = [100 * m["miou"] for _, m, _, _, _ in results[label]]
         ax.scatter([x] * len(mious), mious, s=28, color="C0", zorder=3)
@@ -380,7 +380,8 @@ def figure(args, path):
     ax.set_ylabel("val mIoU (%)")
     ax.set_title(f"{args.dataset} {args.split}: one dot per seed")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(y=0.08)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no dot
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=110)
     plt.close(fig)
