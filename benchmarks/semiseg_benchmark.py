@@ -299,11 +299,14 @@ def summary(results):
 
 
 def tables(args):
-    """The benchmark's markdown, from every record in --records: mean +- std per method against SupOnly,
-    the variants with their settings, then one row per run and the mean per-class IoU."""
+    """The benchmark's markdown, from every record in --records: mean +- std per method; its gain over
+    SupOnly paired by seed (mean +- std over the seeds both ran) and the share of the gap to full
+    labels it closes on those seeds; the variants with their settings; one row per run; the mean
+    per-class IoU."""
     results = finished(args)
     stats = summary(results)
-    base, full = stats.get("suponly"), stats.get("suponly (full)")
+    full = stats.get("suponly (full)")
+    supervised = {seed: 100 * m["miou"] for seed, m, _, _, _ in results.get("suponly", [])}
     methods = registered_methods()
     where = os.path.join(os.path.basename(os.path.dirname(args.records)), os.path.basename(args.records))
 
@@ -311,16 +314,21 @@ def tables(args):
         mean, std, seeds = stats[label]
         split = label.split(" (")[1].rstrip(")") if " (" in label else args.split
         delta = closed = "-"
-        if base and label != "suponly" and split == args.split:
-            delta = f"{mean - base[0]:+.2f}"
+        paired = {seed: 100 * m["miou"] for seed, m, _, _, _ in runs if seed in supervised}
+        if paired and label != "suponly" and split == args.split:
+            # Paired by seed (a seed fixes the labeled images): the method against SupOnly on its seeds.
+            gains = np.array([miou - supervised[seed] for seed, miou in paired.items()])
+            delta = f"{gains.mean():+.2f}" + (f" +- {np.std(gains, ddof=1):.2f}" if len(gains) > 1 else "")
             if full:
-                closed = f"{100 * (mean - base[0]) / (full[0] - base[0]):.0f} %"
+                baseline = np.mean([supervised[seed] for seed in paired])
+                closed = f"{100 * gains.mean() / (full[0] - baseline):.0f} %"
         std_text = "-" if np.isnan(std) else f"{std:.2f}"
         return (f"**{mean:.2f} +- {std_text}** | {','.join(map(str, seeds))} | {delta} | {closed} "
                 f"| {np.mean([w for _, _, w, _, _ in runs]) / 60:.1f} min |"), split
 
     lines = [f"{args.dataset}, split {args.split}, val mIoU (%); records in `{where}`.",
-             "", "| method | split | val mIoU, mean +- std | seeds | vs SupOnly | gap closed | mean wall time |",
+             "", "| method | split | val mIoU, mean +- std | seeds | vs SupOnly, same seeds | gap closed "
+             "| mean wall time |",
              "|---|---|---|---|---|---|---|"]
     variants = []
     for label, runs in results.items():
@@ -331,7 +339,7 @@ def tables(args):
             variants.append(f"| {label.split(' (')[0]} | `{settings(runs[0][4]) or '-'}` | {split} | {text}")
     if variants:
         lines += ["", "Variants (the method's benchmark command plus the settings shown)", "",
-                  "| variant | settings | split | val mIoU, mean +- std | seeds | vs SupOnly | gap closed "
+                  "| variant | settings | split | val mIoU, mean +- std | seeds | vs SupOnly, same seeds | gap closed "
                   "| mean wall time |", "|---|---|---|---|---|---|---|---|"] + variants
     lines += ["", "| method | seed | stages (val mIoU) | val mIoU | wall time |", "|---|---|---|---|---|"]
     for label, runs in results.items():
