@@ -372,8 +372,8 @@ def figure(args, path):
 
     results = finished(args)
     stats = summary(results)
-    on_split = [label for label in results if " (" not in label]
-    labels = [label for label in on_split if label in registered_methods()] or on_split  # the methods' rows
+    on_split, methods = [label for label in results if " (" not in label], registered_methods()
+    labels = [label for label in on_split if label in methods] or on_split  # the methods' rows
     if not labels:
         return None
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 4.5, 3.6))
@@ -411,7 +411,8 @@ def main(argv=None):
     args = parse_args(argv)
     args.runs_dir, args.records = os.path.abspath(args.runs_dir), os.path.abspath(args.records)
     args.data_dir = args.data_dir and os.path.normpath(args.data_dir)
-    todo = with_missing_teachers(args, [r for r in plan(args) if not os.path.exists(record_path(args, r[0], r[2], r[3]))])
+    todo = with_missing_teachers(
+        args, [r for r in plan(args) if not os.path.exists(record_path(args, r[0], r[2], r[3]))])
     if todo and args.precision == "bf16" and not args.table_only and not args.dry_run:
         from tfsemiseg.training import native_bfloat16
 
@@ -425,13 +426,18 @@ def main(argv=None):
         for label, method, split, seed, extra in todo:
             print(" ", " ".join(command(args, method, split, seed, run_dir(args, label, split, seed), extra)[1:]))
         return 0
-    failures = 0
+    failed = []
     if not args.table_only:
         for label, method, split, seed, extra in todo:
-            failures += execute(args, label, method, split, seed, extra) != 0
+            if takes_teacher(method) and not args.no_reuse_teacher and ("suponly", split, seed) in failed:
+                print(f"{label} seed {seed}: skipped, its teacher (SupOnly seed {seed}) failed", flush=True)
+                failed.append((label, split, seed))
+                continue
+            if execute(args, label, method, split, seed, extra) != 0:
+                failed.append((label, split, seed))
             write_tables(args)
     print(f"tables: {write_tables(args)}", flush=True)
-    return 1 if failures else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

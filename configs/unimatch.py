@@ -14,8 +14,9 @@ set, benchmarks/RESULTS.md). CamVid, street scenes like Cityscapes, takes Citysc
 pixel's hard pseudo-label) but not its OHEM, which would change the supervised loss SupOnly is
 compared on. So does the synthetic set, measured on its val at seeds 0-2 (benchmarks/RESULTS.md):
 at tau 0.95 the confident pixels are mostly background, and UniMatch scored 39.8 +- 2.3 (FixMatch
-30.0 +- 5.3) against SupOnly's 40.9 +- 3.2; at tau 0, 44.4 +- 1.4 (FixMatch 35.9 +- 1.8). The method's defaults (tau 0.95, no OHEM) are in `tfsemiseg.config.Config`; its head
-has no dropout (`tfsemiseg/methods/unimatch.py`).
+30.0 +- 5.3) against SupOnly's 40.9 +- 3.2; at tau 0, 44.4 +- 1.4 (FixMatch 35.9 +- 1.8). The
+method's defaults (tau 0.95, no OHEM) are in `tfsemiseg.config.Config`; its head has no dropout
+(`tfsemiseg/methods/unimatch.py`).
 """
 
 _VOC = dict(arch="deeplabv3plus", backbone="resnet101", output_stride=16, aspp_rates=(6, 12, 18),

@@ -186,6 +186,19 @@ def test_a_teacher_recorded_but_not_on_this_machine_trains_again_before_its_stud
     assert "1 runs finished, 1 to do" in out and "--method=suponly" not in out
 
 
+def test_students_of_a_teacher_that_failed_are_skipped_not_run_on_a_missing_teacher(tmp_path, monkeypatch,
+                                                                                      capsys):
+    calls = []
+    monkeypatch.setattr(benchmark, "execute", lambda args, label, *rest: calls.append(label) or 1)
+    argv = ["--dataset=synthetic", "--methods=st,stpp", "--seeds=0", "--upper_bound_seeds=",
+            f"--records={tmp_path / 'records'}", f"--runs_dir={tmp_path / 'runs'}"]
+    assert benchmark.main(argv) == 1
+    assert calls == ["suponly"]
+    out = capsys.readouterr().out
+    assert "st seed 0: skipped, its teacher (SupOnly seed 0) failed" in out
+    assert "stpp seed 0: skipped" in out
+
+
 def test_plan_order_seed_by_seed_then_upper_bound_then_variants():
     args = benchmark.parse_args(["--methods=suponly,alss", "--seeds=0,1", "--upper_bound_seeds=0",
                                  "--variant=alss_slow_d=alss --set d_lr=1e-5"])
