@@ -134,6 +134,41 @@ def test_two_replicas_align_with_the_same_running_class_frequencies():
     np.testing.assert_allclose(out["predicted"], [0.7, 0.3], rtol=1e-5)
 
 
+EMA = r"""
+import json
+import keras
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfsemiseg import optim
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inputs = keras.Input((4, 4, 3))
+    student = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 1)(inputs)))
+    teacher = optim.mean_teacher(student)
+for w in student.weights:
+    w.assign(w + 1.0)
+strategy.run(tf.function(lambda: optim.update_mean_teacher(teacher, student, 0.99, tf.constant(3, tf.int64))))
+print(json.dumps({"replicas": [[v.numpy().ravel().tolist() for v in strategy.experimental_local_results(w.value)]
+                               for w in teacher.weights],
+                  "student": [w.numpy().ravel().tolist() for w in student.weights]}))
+"""
+
+
+def test_two_replicas_keep_the_same_mean_teacher():
+    """`update_mean_teacher` from the replicas' step: every replica's copy of every teacher weight
+    takes the one update (m = 0.75 at step 3: the teacher started equal to the student, which then
+    moved by 1)."""
+    proc = subprocess.run([sys.executable, "-c", EMA], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for copies, student in zip(out["replicas"], out["student"]):
+        assert len(copies) == 2
+        for copy in copies:
+            np.testing.assert_allclose(copy, np.array(student) - 0.75, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["alss", pytest.param("pseudoseg", marks=pytest.mark.slow),
                                     pytest.param("st", marks=pytest.mark.slow)])  # suite budget
 # pseudoseg and st: StrongAugment must stay float32 under the bfloat16 policy

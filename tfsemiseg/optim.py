@@ -8,9 +8,15 @@ rate for the gradient step of those variables, but not for weight decay: Keras' 
 / Caffe SGD puts wd * w into the gradient, so that it is scaled by the head's 10x and passes
 through the momentum (about 10x more at momentum 0.9). BUILD.md has the consequence;
 `weight_decay_in_gradient=True` (the VOC and Cityscapes paper settings) gives the papers' kind.
+
+A mean teacher (`mean_teacher`, `update_mean_teacher`) keeps the exponential moving average of a
+network's weights, as Keras' optimizers do with `use_ema`; theirs averages only the trainable
+variables and lives in the optimizer, where a teacher needs every weight (BatchNorm's statistics
+too) in a network it can run.
 """
 
 import keras
+import tensorflow as tf
 
 from tfsemiseg.models.segmenters import is_head_variable
 
@@ -44,3 +50,33 @@ def poly_adam(lr, iterations, beta_1=0.9, beta_2=0.99, power=0.9):
 def lr_multipliers(variables, head_lr_mult):
     """Per-variable gradient multipliers: `head_lr_mult` for `head_*` layers, 1 for the backbone."""
     return [head_lr_mult if is_head_variable(v) else 1.0 for v in variables]
+
+
+def mean_teacher(network):
+    """A copy of `network`, same weights, not trainable: the network whose weights
+    `update_mean_teacher` keeps at the exponential moving average of `network`'s (Tarvainen &
+    Valpola, NeurIPS 2017). Create it under the strategy scope the network was created in."""
+    teacher = keras.models.clone_model(network)
+    teacher.set_weights(network.get_weights())
+    teacher.trainable = False
+    return teacher
+
+
+def update_mean_teacher(teacher, student, momentum, step):
+    """teacher <- m teacher + (1 - m) student for every weight (BatchNorm statistics included), with
+    m = min(momentum, 1 - 1 / (step + 1)): the teacher follows the student closely in the first
+    steps, when its average would still hold the initial weights, and slowly from step
+    1 / (1 - momentum) on (as U2PL's and PS-MT's teachers). Under tf.distribute each replica's copy
+    takes the same update (the student's replicas are equal after the optimizer's step)."""
+    step = tf.cast(step, tf.float32)
+    m = tf.minimum(tf.cast(momentum, tf.float32), 1.0 - 1.0 / (step + 1.0))
+    pairs = [(t.value, s.value) for t, s in zip(teacher.weights, student.weights)]
+
+    def average(t, s):
+        return t.assign(tf.cast(m, t.dtype) * t + tf.cast(1.0 - m, t.dtype) * s)
+
+    def update(strategy, pairs):
+        for t, s in pairs:
+            strategy.extended.update(t, average, args=(s,), group=False)
+
+    tf.__internal__.distribute.interim.maybe_merge_call(update, tf.distribute.get_strategy(), pairs)

@@ -321,3 +321,37 @@ def test_fixmatch_one_pass_batches_x_u_w_and_the_strong_view_together(one_pass):
     cfg = configs.get_config("fixmatch", "synthetic")
     assert cfg.one_pass is False
     assert FixMatch.create(cfg.override(["one_pass=true"]), runner.load_dataset(cfg.replace(crop_size=32))).one_pass
+
+
+@pytest.mark.parametrize("cls", [UniMatch, FixMatch])
+def test_with_ema_the_pseudo_labels_come_from_the_mean_teacher_which_follows_the_segmenter(cls):
+    cfg = configs.get_config(cls.__name__.lower(), "synthetic")
+    assert cfg.ema == 0.0 and make_model(cls).teacher is None
+    assert cls.create(cfg.override(["ema=0.99"]), runner.load_dataset(cfg.replace(crop_size=32))).teacher is not None
+
+    model = make_model(cls, tau=0.0, ema=0.99)
+    rng = np.random.default_rng(1)
+    model.teacher.set_weights([w + rng.normal(0, 0.5, w.shape).astype(w.dtype) if w.ndim > 1 else w
+                               for w in model.teacher.get_weights()])  # a teacher that labels otherwise
+    data = batch(views=cls.strong_views)
+    # s' = u_w and no CutMix: the strong loss is CE of the segmenter on u_w against the teacher's labels.
+    for i in range(1, cls.strong_views + 1):
+        data["unlabeled"][f"image_strong_{i}"] = data["unlabeled"]["image"]
+        data["unlabeled"][f"box_{i}"] = tf.zeros_like(data["unlabeled"][f"box_{i}"])
+    x, u_w, valid = data["labeled"]["image"], data["unlabeled"]["image"], data["unlabeled"]["valid"] > 0
+    logits_s = model.segmenter(u_w, training=True)
+    expected = {}
+    for source, logits_w in (("teacher", model.teacher(u_w, training=False)),
+                             ("own", model.segmenter(tf.concat([x, u_w], 0), training=True)[2:])):
+        target, confidence = pseudo_labels(logits_w)
+        expected[source] = float(losses.confident_cross_entropy(target, logits_s, confidence, 0.0, valid))
+    assert expected["teacher"] != pytest.approx(expected["own"], rel=1e-2)
+
+    teacher_before = [w.numpy() for w in model.teacher.weights]
+    assert float(model.train_step(data)["loss_s"]) == pytest.approx(expected["teacher"], rel=1e-4)
+    # Step 1: the teacher moves halfway to the stepped segmenter (m = min(0.99, 1 - 1/2)).
+    for t, b, s in zip(model.teacher.weights, teacher_before, model.segmenter.weights):
+        np.testing.assert_allclose(t.numpy(), 0.5 * b + 0.5 * s.numpy(), rtol=1e-4, atol=1e-6)
+    # The teacher is not trained, and is part of the method's weights (saved by backups, so resumed).
+    assert model.teacher.trainable_weights == []
+    assert {id(v) for v in model.teacher.weights} <= {id(v) for v in model.weights}

@@ -46,7 +46,7 @@ class FixMatch(UniMatch):
             else:
                 logits = self.segmenter(tf.concat([x, u_w], 0), training=True)
                 logits_x, logits_w = logits[:n], logits[n:]
-            target, confidence = self.pseudo_labels(logits_w, y, valid)
+            target, confidence = self.pseudo_labels(logits_w, u_w, y, valid)
             target_s, confidence_s, valid_s = mix_with_reversed(box, target, confidence, valid)
             if not self.one_pass:
                 logits_s = self.segmenter(strong, training=True)

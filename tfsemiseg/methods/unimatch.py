@@ -28,6 +28,10 @@ Where this differs from the official code (LiheYoung/UniMatch, unimatch.py):
   backbones (no deep-stem ResNet: `--backbone` as for every method).
 - `--set distribution_alignment=true` (off by default) is an addition, not the paper's: the
   pseudo-labels' class distribution aligned with the labeled pixels' (`DistributionAlignment`).
+- `--set ema=0.99` (0, off, by default) is another: y_w and c_w come from a mean teacher, the
+  exponential moving average of the segmenter's weights (`optim.update_mean_teacher`, Tarvainen &
+  Valpola 2017; CutMix-Seg's and U2PL's teacher), run in inference mode on u_w, instead of the
+  training pass's own weak logits, against the loop in which a network trains on its own labels.
 
     model = UniMatch.create(cfg, dataset)
     model.fit(UniMatch.train_data(dataset, cfg), steps_per_epoch=..., epochs=...)
@@ -127,7 +131,8 @@ class UniMatch(SegmentationMethod):
     Cityscapes); ohem, OHEM cross-entropy on the labeled images; semi_start, the first iteration of
     the unsupervised losses; average_losses, L = (L_x + L_u) / 2 as the official code (else L_x + L_u);
     distribution_alignment, align the weak view's softmax with the labeled class frequencies before the
-    pseudo-labels are taken (`DistributionAlignment`; off, as the paper).
+    pseudo-labels are taken (`DistributionAlignment`; off, as the paper); ema, the momentum of a mean
+    teacher that gives the pseudo-labels (0: none, the paper's).
 
     Example:
 
@@ -160,14 +165,19 @@ class UniMatch(SegmentationMethod):
         # Align the pseudo-labels' class distribution with the labeled pixels' (`DistributionAlignment`;
         # not the paper's: against self-training's drift to the majority class).
         distribution_alignment=False,
+        # Pseudo-labels from a mean teacher with this momentum (0.99: about the last 100 steps' weights);
+        # 0, the paper's: from the segmenter's own weak pass.
+        ema=0.0,
     )
 
     def __init__(self, segmenter, num_classes, tau=0.95, ohem=False, semi_start=0, distribution_alignment=False,
-                 average_losses=True, **kwargs):
+                 average_losses=True, ema=0.0, **kwargs):
         super().__init__(segmenter, num_classes, **kwargs)
         self.tau, self.ohem, self.semi_start = tau, ohem, semi_start
         self.average_losses = average_losses
         self.alignment = DistributionAlignment(num_classes) if distribution_alignment else None
+        self.ema = ema
+        self.teacher = optim.mean_teacher(segmenter) if ema else None
         self.backbone, self.head = backbone_of(segmenter), head_of(segmenter)
 
     @classmethod
@@ -182,7 +192,8 @@ class UniMatch(SegmentationMethod):
     def method_settings(cfg):
         """The constructor arguments this method takes from its own settings (FixMatch adds one_pass)."""
         return dict(tau=cfg.tau, ohem=cfg.ohem, semi_start=cfg.semi_start,
-                    distribution_alignment=cfg.distribution_alignment, average_losses=cfg.average_losses)
+                    distribution_alignment=cfg.distribution_alignment, average_losses=cfg.average_losses,
+                    ema=cfg.ema)
 
     @classmethod
     def train_data(cls, dataset, cfg):
@@ -198,9 +209,12 @@ class UniMatch(SegmentationMethod):
                                                    p_mix=cfg.p_cutmix),
         })
 
-    def pseudo_labels(self, logits_w, labels, valid):
-        """(target y_w, confidence c_w) of the weak view's logits, aligned with the labeled batch's
-        class frequencies when `distribution_alignment` is on."""
+    def pseudo_labels(self, logits_w, u_w, labels, valid):
+        """(target y_w, confidence c_w) of the weak view `u_w`: of its training-pass logits `logits_w`, or
+        of the mean teacher's with `ema`; aligned with the labeled batch's class frequencies when
+        `distribution_alignment` is on."""
+        if self.teacher is not None:
+            logits_w = self.teacher(u_w, training=False)
         if self.alignment is None:
             return pseudo_labels(logits_w)
         return pseudo_labels(logits_w, lambda probs: self.alignment(probs, labels, valid))
@@ -210,6 +224,12 @@ class UniMatch(SegmentationMethod):
 
     def unsupervised_loss(self, logits, target, confidence, valid):
         return losses.confident_cross_entropy(target, logits, confidence, self.tau, valid)
+
+    def update_segmenter(self, tape, loss):
+        """The optimizer's step, then the mean teacher's (with `ema`)."""
+        super().update_segmenter(tape, loss)
+        if self.teacher is not None:
+            optim.update_mean_teacher(self.teacher, self.segmenter, self.ema, self.optimizer.iterations)
 
     def combine(self, loss_x, loss_u):
         """(L_x + L_u) / 2 (L_x + L_u without `average_losses`) from `semi_start` on (L_u: the weighted
@@ -235,7 +255,7 @@ class UniMatch(SegmentationMethod):
             logits = upsample(self.head([tf.concat([s, f], 0) for s, f in zip(stages, fp)], training=True),
                               tf.concat([x, u_w, u_w], 0))
             logits_x, logits_w, logits_fp = logits[:n], logits[n:2 * n], logits[2 * n:]
-            target, confidence = self.pseudo_labels(logits_w, y, valid)
+            target, confidence = self.pseudo_labels(logits_w, u_w, y, valid)
 
             # Two strong views, each CutMixed with the reversed batch, through the segmenter once.
             mixed = [mix_with_reversed(u[f"box_{i}"], u[f"image_strong_{i}"], target, confidence, valid)
