@@ -12,12 +12,14 @@ def network():
     return keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
 
 
-def test_a_mean_teacher_starts_as_a_frozen_copy_of_the_network():
+def test_a_mean_teacher_starts_as_a_copy_of_the_network_and_normalises_with_batch_statistics():
     student = network()
     teacher = optim.mean_teacher(student)
-    assert teacher.trainable_weights == [] and len(teacher.weights) == len(student.weights)
+    assert len(teacher.weights) == len(student.weights)
     x = tf.random.uniform((2, 4, 4, 3))
     np.testing.assert_allclose(teacher(x), student(x), rtol=1e-6)
+    # In training mode its BatchNorm uses the batch's statistics: each channel has mean 0 (beta).
+    np.testing.assert_allclose(tf.reduce_mean(teacher(x, training=True), [0, 1, 2]), 0.0, atol=1e-5)
     assert {id(v) for v in teacher.weights}.isdisjoint(id(v) for v in student.weights)
 
 

@@ -53,12 +53,13 @@ def lr_multipliers(variables, head_lr_mult):
 
 
 def mean_teacher(network):
-    """A copy of `network`, same weights, not trainable: the network whose weights
-    `update_mean_teacher` keeps at the exponential moving average of `network`'s (Tarvainen &
-    Valpola, NeurIPS 2017). Create it under the strategy scope the network was created in."""
+    """A copy of `network`, same weights: the network whose weights `update_mean_teacher` keeps at
+    the exponential moving average of `network`'s (Tarvainen & Valpola, NeurIPS 2017). No optimizer
+    steps it; it stays `trainable` so that a training-mode pass normalises with the batch's
+    statistics (Keras runs the BatchNorm of a frozen network in inference mode). Create it under the
+    strategy scope the network was created in."""
     teacher = keras.models.clone_model(network)
     teacher.set_weights(network.get_weights())
-    teacher.trainable = False
     return teacher
 
 
