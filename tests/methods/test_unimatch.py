@@ -353,6 +353,18 @@ def test_with_ema_the_pseudo_labels_come_from_the_mean_teacher_which_follows_the
     # statistics, which its training-mode pass does not use, also moved with that pass.
     for t, b, s in zip(model.teacher.trainable_weights, teacher_before, model.segmenter.trainable_weights):
         np.testing.assert_allclose(t.numpy(), 0.5 * b + 0.5 * s.numpy(), rtol=1e-4, atol=1e-6)
-    # The teacher is not the optimizer's, and is part of the method's weights (saved by backups, so resumed).
+    # The teacher is not the optimizer's.
     assert {id(v) for v in model.teacher.weights}.isdisjoint(id(v) for v in model.optimized_variables())
-    assert {id(v) for v in model.teacher.weights} <= {id(v) for v in model.weights}
+
+
+def test_the_mean_teacher_is_saved_and_restored_with_the_method(tmp_path):
+    """Backups and checkpoints save the method's weights: a resumed run must get its teacher back, not a
+    copy of the segmenter."""
+    saved, restored = make_model(FixMatch, ema=0.99), make_model(FixMatch, ema=0.99)
+    saved.teacher.set_weights([w + 1.0 for w in saved.teacher.get_weights()])
+    saved.save_weights(str(tmp_path / "method.weights.h5"))
+    restored.load_weights(str(tmp_path / "method.weights.h5"))
+    for t, r in zip(saved.teacher.get_weights(), restored.teacher.get_weights()):
+        np.testing.assert_array_equal(t, r)
+    for s, r in zip(saved.segmenter.get_weights(), restored.segmenter.get_weights()):
+        np.testing.assert_array_equal(s, r)

@@ -33,7 +33,8 @@ Where this differs from the official code (LiheYoung/UniMatch, unimatch.py):
   Valpola 2017; U2PL's teacher), instead of the segmenter's own weak logits, against the loop in
   which a network trains on its own labels. The teacher's pass is in training mode (BatchNorm on
   the weak batch's statistics, as the segmenter's weak pass and U2PL's teacher): only the weights
-  change. In inference mode, with averaged moving statistics, it led FixMatch from scratch on the
+  change. The segmenter still passes u_w with x (its BatchNorm sees both, as the official code;
+  UniMatch's FP stream decodes those features), so the teacher costs one more forward of u_w. In inference mode, with averaged moving statistics, it led FixMatch from scratch on the
   synthetic set to label nearly everything background within the first epochs (val mIoU 18.1).
 
     model = UniMatch.create(cfg, dataset)
