@@ -288,6 +288,15 @@ def settings(command):
     return " ".join(kept)
 
 
+def expected_minutes(args):
+    """{(label, split): mean wall time in minutes of its records in --records}: what a session can plan on."""
+    out = {}
+    for key, runs in finished(args).items():
+        label, _, split = key.partition(" (")
+        out[(label, split.rstrip(")") or args.split)] = np.mean([w for _, _, w, _, _ in runs]) / 60
+    return out
+
+
 def summary(results):
     """{label: (mean, std or nan, seeds)} of val mIoU in %."""
     out = {}
@@ -423,8 +432,15 @@ def main(argv=None):
             return 2
     print(f"{len([r for r in plan(args) if r not in todo])} runs finished, {len(todo)} to do", flush=True)
     if args.dry_run:
+        minutes = expected_minutes(args)
         for label, method, split, seed, extra in todo:
-            print(" ", " ".join(command(args, method, split, seed, run_dir(args, label, split, seed), extra)[1:]))
+            estimate = minutes.get((label, split))
+            print(f"  [{'~%.0f min' % estimate if estimate else 'no record yet'}]",
+                  " ".join(command(args, method, split, seed, run_dir(args, label, split, seed), extra)[1:]))
+        known = [minutes[(label, split)] for label, _, split, _, _ in todo if (label, split) in minutes]
+        if todo:
+            print(f"~{sum(known) / 60:.1f} h for the {len(known)} runs whose method has a record here "
+                  f"(the mean of its records' wall times); {len(todo) - len(known)} without one", flush=True)
         return 0
     failed = []
     if not args.table_only:

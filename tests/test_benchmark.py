@@ -186,6 +186,28 @@ def test_a_teacher_recorded_but_not_on_this_machine_trains_again_before_its_stud
     assert "1 runs finished, 1 to do" in out and "--method=suponly" not in out
 
 
+def test_dry_run_estimates_each_run_from_its_methods_records(tmp_path, capsys):
+    """A session plans what fits in it: each run to do with its method's mean recorded wall time."""
+    records = tmp_path / "records"
+    argv = ["--dataset=synthetic", "--methods=suponly,alss", "--seeds=0,1", "--upper_bound_seeds=1",
+            f"--records={records}", f"--runs_dir={tmp_path / 'runs'}", "--dry_run"]
+    args = benchmark.parse_args(argv)
+    _record(args, "suponly", "1_16", 0, 0.40)   # 60 s
+    _record(args, "suponly", "full", 0, 0.60)   # 60 s
+    _record(args, "alss", "1_16", 0, 0.45)
+    record = json.load(open(benchmark.record_path(args, "alss", "1_16", 0)))
+    benchmark._write_json(benchmark.record_path(args, "alss", "1_16", 0), dict(record, wall_seconds=3 * 3600.0))
+    assert benchmark.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    todo = [line for line in lines if line.startswith("  [")]
+    assert [line.split("]")[0] for line in todo] == ["  [~1 min", "  [~1 min", "  [~180 min"]
+    assert "--split=full" in todo[0] and "--method=alss" in todo[2]
+    assert lines[-1].startswith("~3.0 h for the 3 runs whose method has a record here")
+    argv[2] = "--methods=st"
+    assert benchmark.main(argv) == 0
+    assert "  [no record yet]" in capsys.readouterr().out
+
+
 def test_students_of_a_teacher_that_failed_are_skipped_not_run_on_a_missing_teacher(tmp_path, monkeypatch,
                                                                                       capsys):
     calls = []
