@@ -89,18 +89,23 @@ def test_two_replicas_step_like_one_with_the_decay_in_the_gradient(tmp_path):
     move every weight as one replica does on the same global batch: each replica adds its share of
     wd * w (seeded like the loss), so the sum over replicas is the decay once, not twice.
 
-    Compared over all weights but the 0.1 % most different: summing over replicas rounds differently,
-    and in three steps that can flip a ReLU here and there (one weight of 337,848 in a CI run). The
-    decay added twice moves 60 % of them by up to the decay's own size."""
+    Compared at the 90th percentile of the weights' differences: summing over replicas rounds
+    differently, and in three steps that can flip a ReLU here and there, which moves a few weights
+    by as much as the decay (0.1 % of 337,848 in one CI run, more in another). The decay added twice
+    moves most weights by the decay's own size (first order: one + (one - no_decay)), which the
+    same bound rejects."""
     out = tmp_path / "moves.npz"
     proc = subprocess.run([sys.executable, "-c", STEPS, str(out)], capture_output=True, text=True, cwd=ROOT,
                           timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     moves = np.load(out)
-    decay_part = np.abs(moves["one"] - moves["no_decay"]).max()
-    assert decay_part > 1e-4  # the decay matters at this wd, so a factor of 2 on it would show
+    decay = np.abs(moves["one"] - moves["no_decay"])
+    bound = 0.05 * np.quantile(decay, 0.9)
+    assert bound > 1e-7  # the decay matters at this wd, so a factor of 2 on it would show
+    twice = moves["one"] + (moves["one"] - moves["no_decay"])
+    assert np.quantile(np.abs(twice - moves["one"]), 0.9) > bound  # the bound tells the bug apart
     difference = np.abs(moves["mirrored"] - moves["one"])
-    assert np.quantile(difference, 0.999) < 0.02 * decay_part, np.quantile(difference, 0.999) / decay_part
+    assert np.quantile(difference, 0.9) < bound, np.quantile(difference, 0.9) / np.quantile(decay, 0.9)
 
 
 ALIGN = r"""
