@@ -288,13 +288,16 @@ def settings(command):
     return " ".join(kept)
 
 
+def label_and_split(key, args):
+    """(label, split) of a key of `finished`: `label` on --split, `label (split)` on another split."""
+    label, _, split = key.partition(" (")
+    return label, split.rstrip(")") or args.split
+
+
 def expected_minutes(args):
-    """{(label, split): mean wall time in minutes of its records in --records}: what a session can plan on."""
-    out = {}
-    for key, runs in finished(args).items():
-        label, _, split = key.partition(" (")
-        out[(label, split.rstrip(")") or args.split)] = np.mean([w for _, _, w, _, _ in runs]) / 60
-    return out
+    """{(label, split): mean wall time in minutes of its records in --records}, to plan the runs left."""
+    return {label_and_split(key, args): np.mean([w for _, _, w, _, _ in runs]) / 60
+            for key, runs in finished(args).items()}
 
 
 def summary(results):
@@ -321,7 +324,7 @@ def tables(args):
 
     def row(label, runs):
         mean, std, seeds = stats[label]
-        split = label.split(" (")[1].rstrip(")") if " (" in label else args.split
+        split = label_and_split(label, args)[1]
         delta = closed = "-"
         paired = {seed: 100 * m["miou"] for seed, m, _, _, _ in runs if seed in supervised}
         if paired and label != "suponly" and split == args.split:
@@ -435,7 +438,7 @@ def main(argv=None):
         minutes = expected_minutes(args)
         for label, method, split, seed, extra in todo:
             estimate = minutes.get((label, split))
-            print(f"  [{'~%.0f min' % estimate if estimate else 'no record yet'}]",
+            print(f"  [{'no record yet' if estimate is None else '~%.0f min' % estimate}]",
                   " ".join(command(args, method, split, seed, run_dir(args, label, split, seed), extra)[1:]))
         known = [minutes[(label, split)] for label, _, split, _, _ in todo if (label, split) in minutes]
         if todo:

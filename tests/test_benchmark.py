@@ -42,7 +42,7 @@ def test_benchmark_runs_records_and_skips(camvid_tree, tmp_path, capsys):
 
 def test_an_attempt_counts_while_it_runs(tmp_path, monkeypatch):
     """<run>.attempts.json is brought up to date while the run goes: an attempt whose benchmark process
-    is killed (a session ending) keeps its time, and the next attempt adds to it."""
+    is killed (the machine stopping) keeps its time, and the next attempt adds to it."""
     import sys
     import threading
     import time
@@ -187,7 +187,7 @@ def test_a_teacher_recorded_but_not_on_this_machine_trains_again_before_its_stud
 
 
 def test_dry_run_estimates_each_run_from_its_methods_records(tmp_path, capsys):
-    """A session plans what fits in it: each run to do with its method's mean recorded wall time."""
+    """Each run to do is listed with its method's mean recorded wall time on that split, and the total."""
     records = tmp_path / "records"
     argv = ["--dataset=synthetic", "--methods=suponly,alss", "--seeds=0,1", "--upper_bound_seeds=1",
             f"--records={records}", f"--runs_dir={tmp_path / 'runs'}", "--dry_run"]

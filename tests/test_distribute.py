@@ -91,9 +91,9 @@ def test_two_replicas_step_like_one_with_the_decay_in_the_gradient(tmp_path):
 
     Compared at the 90th percentile of the weights' differences: summing over replicas rounds
     differently, and in three steps that can flip a ReLU here and there, which moves a few weights
-    by as much as the decay (0.1 % of 337,848 in one CI run, more in another). The decay added twice
-    moves most weights by the decay's own size (first order: one + (one - no_decay)), which the
-    same bound rejects."""
+    by as much as the decay (0.1 % of 337,848 in one CI run, more in another), where the 90th
+    percentile stays near 1e-5 of the decay's move. The decay added twice moves most weights by the
+    decay's own size (first order: one + (one - no_decay)), 20 times the bound."""
     out = tmp_path / "moves.npz"
     proc = subprocess.run([sys.executable, "-c", STEPS, str(out)], capture_output=True, text=True, cwd=ROOT,
                           timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
@@ -102,8 +102,6 @@ def test_two_replicas_step_like_one_with_the_decay_in_the_gradient(tmp_path):
     decay = np.abs(moves["one"] - moves["no_decay"])
     bound = 0.05 * np.quantile(decay, 0.9)
     assert bound > 1e-7  # the decay matters at this wd, so a factor of 2 on it would show
-    twice = moves["one"] + (moves["one"] - moves["no_decay"])
-    assert np.quantile(np.abs(twice - moves["one"]), 0.9) > bound  # the bound tells the bug apart
     difference = np.abs(moves["mirrored"] - moves["one"])
     assert np.quantile(difference, 0.9) < bound, np.quantile(difference, 0.9) / np.quantile(decay, 0.9)
 
