@@ -91,7 +91,13 @@ def parse_args(argv=None):
     parser.add_argument("--table_only", action="store_true", help="rewrite the tables and the figure from the records in --records")
     args = parser.parse_args(argv)
     defaults = DATASETS[args.dataset]
-    args.methods = registered_methods() if args.methods is None else [m for m in args.methods.split(",") if m]
+    known = registered_methods()
+    args.methods = known if args.methods is None else [m for m in args.methods.split(",") if m]
+    named = [("--methods", m) for m in args.methods]
+    named += [(f"--variant={spec}", (shlex.split(spec.partition("=")[2]) or [""])[0]) for spec in args.variant]
+    for flag, method in named:
+        if method and method not in known:
+            parser.error(f"{flag}: no method {method!r}; the registered methods are {', '.join(known)}")
     args.split = args.split or defaults["split"]
     args.precision = args.precision or defaults["precision"]
     args.data_dir = args.data_dir or defaults["data_dir"]

@@ -387,3 +387,13 @@ def test_recalibrated_bn_reestimates_only_the_batchnorm_statistics(monkeypatch):
     assert float(np.max(bns[0].moving_variance.numpy())) < 0.75e4
     assert all(np.array_equal(w.numpy(), t) for w, t in zip(segmenter.trainable_weights, trained))
     assert 0 <= before <= 1 and 0 <= after <= 1
+
+
+def test_an_unknown_method_is_refused_by_name_before_anything_runs(tmp_path, capsys):
+    for flag in ("--methods=suponly,st_plusplus", "--variant=fast=st_plusplus --set lr=1"):
+        with pytest.raises(SystemExit) as exit_:
+            benchmark.parse_args([flag, f"--runs_dir={tmp_path}"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "no method 'st_plusplus'" in err and "stpp" in err and flag.split("=")[0] in err
+    assert not any(tmp_path.iterdir())
