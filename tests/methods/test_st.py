@@ -45,9 +45,9 @@ def test_reliable_half_is_the_most_stable():
 def test_keys_round_trip_through_text(tmp_path):
     keys = [("dir/a.png", "dir/a_L.png"), ("dir/b.png", "dir/b_L.png")]
     st._write_keys(tmp_path / "k.txt", keys)
-    assert st._read_keys(tmp_path / "k.txt") == keys
+    assert st.read_keys(tmp_path / "k.txt") == keys
     st._write_keys(tmp_path / "i.txt", [3, 17])
-    assert st._read_keys(tmp_path / "i.txt") == [3, 17]
+    assert st.read_keys(tmp_path / "i.txt") == [3, 17]
 
 
 def test_mixed_stream_draws_at_the_given_rates():
@@ -181,7 +181,7 @@ def test_st_end_to_end_from_the_command_line(tmp_path):
     assert png.shape == (32, 32, 1) and png.max() < dataset.num_classes
     # The pseudo-labels are the teacher's TTA predictions.
     teacher = keras.saving.load_model(run / "1_teacher" / "final" / "segmenter.keras")
-    first_key = st._read_keys(labels / "keys.txt")[0]
+    first_key = st.read_keys(labels / "keys.txt")[0]
     first_png = (labels / "labels.txt").read_text().split()[0]
     image = dataset.relabeled([first_key], [str(labels / first_png)])
     example = next(iter(image.examples("labeled")))

@@ -127,7 +127,8 @@ def _write_keys(path, keys):
         f.writelines(_key_to_text(k) + "\n" for k in keys)
 
 
-def _read_keys(path):
+def read_keys(path):
+    """The image keys of a stage's keys.txt / reliable.txt / unreliable.txt, in their order."""
     with open(path) as f:
         return [_key_from_text(line.rstrip("\n")) for line in f if line.strip()]
 
@@ -340,7 +341,7 @@ class SelfTraining:
                 files.atomic_write(os.path.join(tmp, "summary.json"), json.dumps(
                     {"images": len(keys), "model": model_dir, "seconds": round(time.time() - start, 1)}))
                 _write_keys(os.path.join(tmp, "keys.txt"), keys)
-        keys = _read_keys(os.path.join(out, "keys.txt"))
+        keys = read_keys(os.path.join(out, "keys.txt"))
         with open(os.path.join(out, "labels.txt")) as f:
             pngs = [os.path.join(out, line.strip()) for line in f if line.strip()]
         return list(zip(keys, pngs))
@@ -446,4 +447,4 @@ class SelfTrainingPlus(SelfTraining):
                     "seconds": round(time.time() - start, 1)}))
             with tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage.dirname)).as_default():
                 tf.summary.histogram("stability", scores, step=0)
-        return {part: _read_keys(os.path.join(out, f"{part}.txt")) for part in ("reliable", "unreliable")}
+        return {part: read_keys(os.path.join(out, f"{part}.txt")) for part in ("reliable", "unreliable")}
