@@ -35,7 +35,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfsemiseg import metrics, runner  # noqa: E402
 from tfsemiseg.data import io  # noqa: E402
-from tfsemiseg.methods.st import read_keys  # noqa: E402
+from tfsemiseg.methods.st import read_pseudo_labels  # noqa: E402
 
 
 def stage_quality(stage_dirs, dataset):
@@ -72,12 +72,7 @@ def pseudoseg_quality(run_dir, cfg, dataset):
 
 def _pairs(stage_dirs):
     """(key, pseudo-label png) of the labelling stages `stage_dirs`, in their order."""
-    pairs = []
-    for stage_dir in stage_dirs:
-        keys = read_keys(os.path.join(stage_dir, "keys.txt"))
-        names = open(os.path.join(stage_dir, "labels.txt")).read().split()
-        pairs += [(key, os.path.join(stage_dir, name)) for key, name in zip(keys, names)]
-    return pairs
+    return [pair for stage_dir in stage_dirs for pair in read_pseudo_labels(stage_dir)]
 
 
 def student_fit(run_dir, cfg, dataset):

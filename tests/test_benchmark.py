@@ -389,11 +389,13 @@ def test_recalibrated_bn_reestimates_only_the_batchnorm_statistics(monkeypatch):
     assert 0 <= before <= 1 and 0 <= after <= 1
 
 
-def test_an_unknown_method_is_refused_by_name_before_anything_runs(tmp_path, capsys):
+def test_an_unknown_method_is_refused_by_name_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(benchmark.subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
     for flag in ("--methods=suponly,st_plusplus", "--variant=fast=st_plusplus --set lr=1"):
         with pytest.raises(SystemExit) as exit_:
-            benchmark.parse_args([flag, f"--runs_dir={tmp_path}"])
+            benchmark.main(["--dataset=synthetic", flag, "--seeds=0", f"--runs_dir={tmp_path / 'runs'}",
+                            f"--records={tmp_path / 'records'}"])
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert "no method 'st_plusplus'" in err and "stpp" in err and flag.split("=")[0] in err
-    assert not any(tmp_path.iterdir())
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "records").exists()

@@ -45,9 +45,14 @@ def test_reliable_half_is_the_most_stable():
 def test_keys_round_trip_through_text(tmp_path):
     keys = [("dir/a.png", "dir/a_L.png"), ("dir/b.png", "dir/b_L.png")]
     st._write_keys(tmp_path / "k.txt", keys)
-    assert st.read_keys(tmp_path / "k.txt") == keys
+    assert st._read_keys(tmp_path / "k.txt") == keys
     st._write_keys(tmp_path / "i.txt", [3, 17])
-    assert st.read_keys(tmp_path / "i.txt") == [3, 17]
+    assert st._read_keys(tmp_path / "i.txt") == [3, 17]
+    # A labelling stage pairs its keys with its PNGs, line by line.
+    st._write_keys(tmp_path / "keys.txt", keys)
+    (tmp_path / "labels.txt").write_text("a.png\nb.png\n")
+    assert st.read_pseudo_labels(str(tmp_path)) == [(keys[0], str(tmp_path / "a.png")),
+                                                    (keys[1], str(tmp_path / "b.png"))]
 
 
 def test_mixed_stream_draws_at_the_given_rates():
@@ -181,9 +186,8 @@ def test_st_end_to_end_from_the_command_line(tmp_path):
     assert png.shape == (32, 32, 1) and png.max() < dataset.num_classes
     # The pseudo-labels are the teacher's TTA predictions.
     teacher = keras.saving.load_model(run / "1_teacher" / "final" / "segmenter.keras")
-    first_key = st.read_keys(labels / "keys.txt")[0]
-    first_png = (labels / "labels.txt").read_text().split()[0]
-    image = dataset.relabeled([first_key], [str(labels / first_png)])
+    first_key, first_png = st.read_pseudo_labels(str(labels))[0]
+    image = dataset.relabeled([first_key], [first_png])
     example = next(iter(image.examples("labeled")))
     scores = st.tta_scores(lambda x: st.padded_logits(teacher, x), tf.cast(example["image"][None], tf.float32),
                            cfg.tta_scales, cfg.tta_flip)

@@ -127,10 +127,16 @@ def _write_keys(path, keys):
         f.writelines(_key_to_text(k) + "\n" for k in keys)
 
 
-def read_keys(path):
-    """The image keys of a stage's keys.txt / reliable.txt / unreliable.txt, in their order."""
+def _read_keys(path):
     with open(path) as f:
         return [_key_from_text(line.rstrip("\n")) for line in f if line.strip()]
+
+
+def read_pseudo_labels(stage_dir):
+    """[(image key, pseudo-label PNG path)] of a finished labelling stage, in its order."""
+    with open(os.path.join(stage_dir, "labels.txt")) as f:
+        pngs = [os.path.join(stage_dir, line.strip()) for line in f if line.strip()]
+    return list(zip(_read_keys(os.path.join(stage_dir, "keys.txt")), pngs))
 
 
 def _label_names(keys):
@@ -341,10 +347,7 @@ class SelfTraining:
                 files.atomic_write(os.path.join(tmp, "summary.json"), json.dumps(
                     {"images": len(keys), "model": model_dir, "seconds": round(time.time() - start, 1)}))
                 _write_keys(os.path.join(tmp, "keys.txt"), keys)
-        keys = read_keys(os.path.join(out, "keys.txt"))
-        with open(os.path.join(out, "labels.txt")) as f:
-            pngs = [os.path.join(out, line.strip()) for line in f if line.strip()]
-        return list(zip(keys, pngs))
+        return read_pseudo_labels(out)
 
     def finish(self, final_dir):
         """Put the last student and its metrics at the top of the run; per-stage results in "stages"."""
@@ -447,4 +450,4 @@ class SelfTrainingPlus(SelfTraining):
                     "seconds": round(time.time() - start, 1)}))
             with tf.summary.create_file_writer(os.path.join(self.workdir, "logs", stage.dirname)).as_default():
                 tf.summary.histogram("stability", scores, step=0)
-        return {part: read_keys(os.path.join(out, f"{part}.txt")) for part in ("reliable", "unreliable")}
+        return {part: _read_keys(os.path.join(out, f"{part}.txt")) for part in ("reliable", "unreliable")}
