@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +39,33 @@ def random_label(height, width, num_classes, seed=0, ignore=None):
     if ignore is not None:
         label[0, :] = ignore
     return label
+
+
+def weak_strong_model(cls, num_classes=3, **kwargs):
+    """A weak-to-strong method (UniMatch, FixMatch) on a tiny DeepLab-v3+, compiled with poly SGD."""
+    from tfsemiseg import optim
+    from tfsemiseg.models.segmenters import build_segmenter
+
+    model = cls(build_segmenter("deeplabv3plus", "tiny", num_classes, output_stride=16, aspp_rates=(1, 2, 3),
+                                dropout=False, head_channels=16), num_classes, **kwargs)
+    model.compile(optimizer=optim.poly_sgd(0.01, 100))
+    return model
+
+
+def weak_strong_batch(size=32, seed=0, views=2):
+    """{"labeled": x, y; "unlabeled": the weak view, `views` strong views with their CutMix boxes, and a
+    padding mask (the bottom 4 rows padded)}; 2 images each, labels in 0-2."""
+    rng = np.random.default_rng(seed)
+    image = lambda: tf.constant(rng.uniform(0, 255, (2, size, size, 3)), tf.float32)  # noqa: E731
+    valid = np.ones((2, size, size), np.uint8)
+    valid[:, -4:] = 0
+    unlabeled = {"image": image(), "valid": tf.constant(valid)}
+    for i in range(1, views + 1):
+        box = np.zeros((2, size, size), np.uint8)
+        box[0, 4:12, 4:12] = 1
+        unlabeled.update({f"image_strong_{i}": image(), f"box_{i}": tf.constant(box)})
+    return {"labeled": {"image": image(), "label": tf.constant(rng.integers(0, 3, (2, size, size)), tf.uint8)},
+            "unlabeled": unlabeled}
 
 
 @pytest.fixture

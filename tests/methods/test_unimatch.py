@@ -7,44 +7,21 @@ import pytest
 import tensorflow as tf
 
 import configs
-from tfsemiseg import losses, optim, runner
+from tfsemiseg import losses, runner
 from tfsemiseg.data import pipeline
 from tfsemiseg.data.io import IGNORE_LABEL
 from tfsemiseg.methods import METHODS
 from tfsemiseg.methods.fixmatch import FixMatch
 from tfsemiseg.methods.unimatch import (DistributionAlignment, UniMatch, feature_dropout, mix_with_reversed,
                                        pseudo_labels)
-from tfsemiseg.models.segmenters import build_segmenter
+from tests.conftest import weak_strong_batch, weak_strong_model
 
 
-def make_model(cls=UniMatch, **kwargs):
-    model = cls(build_segmenter("deeplabv3plus", "tiny", 3, output_stride=16, aspp_rates=(1, 2, 3),
-                                dropout=False, head_channels=16), 3, **kwargs)
-    model.compile(optimizer=optim.poly_sgd(0.01, 100))
-    return model
-
-
-def batch(size=32, seed=0, views=2):
-    rng = np.random.default_rng(seed)
-    image = lambda: tf.constant(rng.uniform(0, 255, (2, size, size, 3)), tf.float32)  # noqa: E731
-    valid = np.ones((2, size, size), np.uint8)
-    valid[:, -4:] = 0  # padding at the bottom
-    unlabeled = {"image": image(), "valid": tf.constant(valid)}
-    for i in range(1, views + 1):
-        box = np.zeros((2, size, size), np.uint8)
-        box[0, 4:12, 4:12] = 1
-        unlabeled.update({f"image_strong_{i}": image(), f"box_{i}": tf.constant(box)})
-    return {"labeled": {"image": image(), "label": tf.constant(rng.integers(0, 3, (2, size, size)), tf.uint8)},
-            "unlabeled": unlabeled}
-
-
-def test_both_methods_are_registered_with_their_settings():
-    assert METHODS["unimatch"] is UniMatch and METHODS["fixmatch"] is FixMatch
+def test_unimatch_is_registered_with_its_settings():
+    assert METHODS["unimatch"] is UniMatch
     voc = configs.get_config("unimatch", "voc")
     assert (voc.arch, voc.output_stride, voc.aspp_rates, voc.crop_size, voc.lr, voc.head_lr_mult, voc.tau) == \
         ("deeplabv3plus", 16, (6, 12, 18), 321, 0.001, 10.0, 0.95)
-    city = configs.get_config("fixmatch", "cityscapes")
-    assert (city.crop_size, city.head_lr_mult, city.tau, city.ohem) == (801, 1.0, 0.0, True)
     with pytest.raises(ValueError, match="--set tau: not a setting of --method=alss"):
         configs.get_config("alss", "synthetic").override(["tau=0.9"])
     assert configs.get_config("unimatch", "synthetic").override(["tau=0.9"]).tau == 0.9
@@ -104,8 +81,6 @@ def test_the_stream_gives_named_views_of_one_crop_with_boxes():
         assert np.corrcoef(np.abs(np.diff(weak, axis=2)).ravel(), np.abs(np.diff(view, axis=2)).ravel())[0, 1] > 0.3
     assert not np.allclose(s1, s2)
     assert set(np.unique(u["box_1"])) <= {0, 1}
-    assert sorted(next(iter(FixMatch.train_data(dataset, cfg)))["unlabeled"]) == \
-        ["box_1", "image", "image_strong_1", "valid"]
 
 
 def test_pseudo_labels_carry_no_gradient():
@@ -132,8 +107,8 @@ def test_feature_dropout_drops_whole_channels_of_c1_and_c4_only():
 def test_the_fp_loss_reaches_the_decoder_and_the_backbone():
     """L_fp trains the head on the dropped-out features and, through them, the backbone (the spec's
     dropout is not a stop-gradient); its target, from the clean pass, carries no gradient."""
-    model = make_model(tau=0.0)
-    data = batch()
+    model = weak_strong_model(UniMatch, tau=0.0)
+    data = weak_strong_batch()
     u = data["unlabeled"]
     with tf.GradientTape(persistent=True) as tape:
         stages = model.backbone(u["image"], training=True)
@@ -154,9 +129,9 @@ def test_the_fp_loss_reaches_the_decoder_and_the_backbone():
 
 @pytest.mark.parametrize("cls", [UniMatch, FixMatch])
 def test_a_step_trains_every_loss_and_changes_the_segmenter(cls):
-    model = make_model(cls, tau=0.0)
+    model = weak_strong_model(cls, tau=0.0)
     before = [v.numpy().copy() for v in model.segmenter.trainable_variables]
-    data = batch(views=cls.strong_views)
+    data = weak_strong_batch(views=cls.strong_views)
     logs = {k: float(v) for k, v in model.train_step(data).items()}
     assert all(np.isfinite(v) for v in logs.values())
     assert logs["loss_s"] > 0 and logs["mask_ratio"] == 1.0
@@ -172,8 +147,8 @@ def test_a_step_trains_every_loss_and_changes_the_segmenter(cls):
 
 
 def test_a_high_threshold_leaves_only_the_supervised_loss():
-    model = make_model(tau=1.01)
-    logs = model.train_step(batch())
+    model = weak_strong_model(UniMatch, tau=1.01)
+    logs = model.train_step(weak_strong_batch())
     assert float(logs["loss_s"]) == 0.0 and float(logs["loss_fp"]) == 0.0 and float(logs["mask_ratio"]) == 0.0
     assert float(logs["loss"]) == pytest.approx(float(logs["loss_x"]) / 2)
 
@@ -206,8 +181,8 @@ def test_the_unlabeled_stream_keeps_its_single_strong_view_for_other_methods():
 @pytest.mark.parametrize("cls", [UniMatch, FixMatch])
 def test_before_semi_start_the_loss_is_the_supervised_one(cls):
     """The from-scratch setting's warm-up: L = L_x before `semi_start`, the paper's mix from it on."""
-    model = make_model(cls, tau=0.0, semi_start=2)
-    data = batch(views=cls.strong_views)
+    model = weak_strong_model(cls, tau=0.0, semi_start=2)
+    data = weak_strong_batch(views=cls.strong_views)
     for step in range(3):
         logs = {k: float(v) for k, v in model.train_step(data).items()}
         assert logs["loss_s"] > 0  # computed and logged all along
@@ -220,8 +195,8 @@ def test_before_semi_start_the_loss_is_the_supervised_one(cls):
 @pytest.mark.parametrize("cls", [UniMatch, FixMatch])
 @pytest.mark.parametrize("average", [True, False])
 def test_the_loss_is_the_mean_of_the_two_terms_or_with_average_losses_off_their_sum(cls, average):
-    logs = {k: float(v) for k, v in make_model(cls, tau=0.0, average_losses=average).train_step(
-        batch(views=cls.strong_views)).items()}
+    logs = {k: float(v) for k, v in weak_strong_model(cls, tau=0.0, average_losses=average).train_step(
+        weak_strong_batch(views=cls.strong_views)).items()}
     loss_u = 0.5 * logs["loss_s"] + 0.5 * logs["loss_fp"] if cls is UniMatch else logs["loss_s"]
     expected = (logs["loss_x"] + loss_u) / 2 if average else logs["loss_x"] + loss_u
     assert loss_u > 0 and logs["loss"] == pytest.approx(expected, rel=1e-5)
@@ -276,10 +251,10 @@ def test_distribution_alignment_moves_the_pseudo_labels_toward_the_labeled_class
 @pytest.mark.parametrize("cls", [UniMatch, FixMatch])
 def test_distribution_alignment_is_off_by_default_and_changes_the_pseudo_labels_when_on(cls):
     assert configs.get_config(cls.__name__.lower(), "synthetic").distribution_alignment is False
-    assert make_model(cls).alignment is None
+    assert weak_strong_model(cls).alignment is None
     cfg = configs.get_config(cls.__name__.lower(), "synthetic").override(["distribution_alignment=true"])
     model = cls.create(cfg, runner.load_dataset(cfg.replace(crop_size=32)))
-    data = batch(views=cls.strong_views)
+    data = weak_strong_batch(views=cls.strong_views)
     model.train_step(data)
     # The labeled batch's classes (0-2, uniform) are counted in the running prior; the others stay 0.
     prior = model.alignment.prior.numpy()
@@ -301,39 +276,17 @@ def test_the_head_has_no_dropout_by_default_and_the_v3plus_dropouts_with_head_dr
     assert dropouts(cfg.override(["head_dropout=true"])) == ["head_aspp_dropout", "head_dropout"]
 
 
-@pytest.mark.parametrize("one_pass", [False, True])
-def test_fixmatch_one_pass_batches_x_u_w_and_the_strong_view_together(one_pass):
-    """With one_pass, the strong view's logits come from the pass over [x ; u_w ; s'] (BatchNorm over the
-    whole batch); without, from a pass over s' alone. Checked with s' = u_w and no CutMix."""
-    model = make_model(FixMatch, tau=0.0, one_pass=one_pass)
-    data = batch(views=1)
-    data["unlabeled"]["image_strong_1"] = data["unlabeled"]["image"]
-    data["unlabeled"]["box_1"] = tf.zeros_like(data["unlabeled"]["box_1"])
-    x, u_w, valid = data["labeled"]["image"], data["unlabeled"]["image"], data["unlabeled"]["valid"] > 0
-    if one_pass:
-        logits_w = logits_s = model.segmenter(tf.concat([x, u_w, u_w], 0), training=True)[2:4]
-    else:
-        logits_w = model.segmenter(tf.concat([x, u_w], 0), training=True)[2:]
-        logits_s = model.segmenter(u_w, training=True)
-    target, confidence = pseudo_labels(logits_w)
-    expected = float(losses.confident_cross_entropy(target, logits_s, confidence, 0.0, valid))
-    assert float(model.train_step(data)["loss_s"]) == pytest.approx(expected, rel=1e-4)
-    cfg = configs.get_config("fixmatch", "synthetic")
-    assert cfg.one_pass is False
-    assert FixMatch.create(cfg.override(["one_pass=true"]), runner.load_dataset(cfg.replace(crop_size=32))).one_pass
-
-
 @pytest.mark.parametrize("cls", [UniMatch, FixMatch])
 def test_with_ema_the_pseudo_labels_come_from_the_mean_teacher_which_follows_the_segmenter(cls):
     cfg = configs.get_config(cls.__name__.lower(), "synthetic")
-    assert cfg.ema == 0.0 and make_model(cls).teacher is None
+    assert cfg.ema == 0.0 and weak_strong_model(cls).teacher is None
     assert cls.create(cfg.override(["ema=0.99"]), runner.load_dataset(cfg.replace(crop_size=32))).teacher is not None
 
-    model = make_model(cls, tau=0.0, ema=0.99)
+    model = weak_strong_model(cls, tau=0.0, ema=0.99)
     rng = np.random.default_rng(1)
     model.teacher.set_weights([w + rng.normal(0, 0.5, w.shape).astype(w.dtype) if w.ndim > 1 else w
                                for w in model.teacher.get_weights()])  # a teacher that labels otherwise
-    data = batch(views=cls.strong_views)
+    data = weak_strong_batch(views=cls.strong_views)
     # s' = u_w and no CutMix: the strong loss is CE of the segmenter on u_w against the teacher's labels.
     for i in range(1, cls.strong_views + 1):
         data["unlabeled"][f"image_strong_{i}"] = data["unlabeled"]["image"]
@@ -360,7 +313,7 @@ def test_with_ema_the_pseudo_labels_come_from_the_mean_teacher_which_follows_the
 def test_the_mean_teacher_is_saved_and_restored_with_the_method(tmp_path):
     """Backups and checkpoints save the method's weights: a resumed run must get its teacher back, not a
     copy of the segmenter."""
-    saved, restored = make_model(FixMatch, ema=0.99), make_model(FixMatch, ema=0.99)
+    saved, restored = weak_strong_model(FixMatch, ema=0.99), weak_strong_model(FixMatch, ema=0.99)
     saved.teacher.set_weights([w + 1.0 for w in saved.teacher.get_weights()])
     saved.save_weights(str(tmp_path / "method.weights.h5"))
     restored.load_weights(str(tmp_path / "method.weights.h5"))
