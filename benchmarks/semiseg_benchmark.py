@@ -10,7 +10,7 @@ Each run is `scripts/train.py --method=M --dataset=D --split=S --seed=N --mixed_
 SupOnly run as their teacher (`--set teacher=...`; it runs first, also when --methods leaves
 SupOnly out), so each seed's teacher trains once and is the SupOnly row they are compared with
 (where the teacher's record exists but its run does not, as on a fresh clone, it trains again and
-its record is rewritten). Runs go seed by seed (seed 0 of every method first), so a partial
+its record takes the new run, keeping the earlier run's result under `earlier_runs`). Runs go seed by seed (seed 0 of every method first), so a partial
 benchmark already compares all methods. A finished run leaves a small record,
 `<records>/<label>_<split>_seed<N>.json` (its metrics, command and wall time; paths in it relative to the checkout, `RUNS/` for the runs
 folder), meant to be committed: a run with a record is skipped, on this machine or a fresh one. An
@@ -44,6 +44,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -144,7 +145,8 @@ def with_teachers(runs):
 def with_missing_teachers(args, todo):
     """`todo` with the seed's SupOnly run again before an ST / ST++ run whose teacher has a record but
     no finished run in --runs_dir (a fresh machine, another runs folder): the teacher trains again and
-    its record is rewritten, so the SupOnly row stays the run the students learned from."""
+    its record takes the new run (the earlier one's result kept), so the SupOnly row stays the run the
+    students learned from."""
     if args.no_reuse_teacher:
         return todo
     out = []
@@ -154,7 +156,7 @@ def with_missing_teachers(args, todo):
         if (takes_teacher(method) and teacher not in out
                 and not os.path.exists(os.path.join(run_dir(args, "suponly", split, seed), "metrics.json"))):
             print(f"{label} seed {seed}: its teacher has a record but no run in {args.runs_dir}; "
-                  "SupOnly trains again and its record is rewritten", flush=True)
+                  "SupOnly trains again and its record takes the new run", flush=True)
             out.append(teacher)
         if run not in out:
             out.append(run)
@@ -237,11 +239,27 @@ def execute(args, label, method, split, seed, extra):
             print(f"  failed with exit {code}; see {workdir}.log", flush=True)
             return code
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
-    _write_json(record_path(args, label, split, seed), {
+    path = record_path(args, label, split, seed)
+    _write_json(path, keeping_earlier_runs(path, {
         "label": label, "method": method, "split": split, "seed": seed,
         "command": portable(cmd, args),
-        "wall_seconds": round(sum(a["seconds"] for a in attempts), 1), "attempts": len(attempts), "metrics": metrics})
+        "wall_seconds": round(sum(a["seconds"] for a in attempts), 1), "attempts": len(attempts), "metrics": metrics}))
     return 0
+
+
+def keeping_earlier_runs(path, record):
+    """`record`, with the results of the record it replaces at `path` kept under `earlier_runs` (val mIoU,
+    wall time, command): a teacher trained again on a fresh machine rewrites its seed's record, and a
+    measured run is never dropped; the spread between two runs of one seed stays in view."""
+    earlier = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        earlier = old.pop("earlier_runs", [])
+        if old["metrics"] != record["metrics"]:  # another run, not this run's record written again
+            earlier.append({"miou": old["metrics"]["miou"], "wall_seconds": old["wall_seconds"],
+                            "command": old.get("command", "")})
+    return {**record, "earlier_runs": earlier} if earlier else record
 
 
 def _write_json(path, value):
@@ -251,8 +269,19 @@ def _write_json(path, value):
     os.replace(path + ".tmp", path)
 
 
+class Run(NamedTuple):
+    """A finished run's record: its seed, train.py's metrics, the wall seconds of all its attempts, their
+    count, the command (portable) and the val mIoU of the earlier runs of the seed it replaced."""
+    seed: int
+    metrics: dict
+    wall_seconds: float
+    attempts: int
+    command: str
+    earlier_mious: tuple
+
+
 def finished(args):
-    """{label: [(seed, metrics, wall seconds, attempts, command)]} of every record in --records, whatever
+    """{label: [Run]} of every record in --records, whatever
     command wrote it: the registered methods first (SupOnly first), SupOnly on full labels, then the
     variants by label. A run on another split than --split is keyed `label (split)`."""
     records = []
@@ -276,8 +305,9 @@ def finished(args):
 
     results = {}
     for record in sorted(records, key=lambda r: (rank(key(r)), r["seed"])):
-        results.setdefault(key(record), []).append((record["seed"], record["metrics"], record["wall_seconds"],
-                                                    record["attempts"], record.get("command", "")))
+        results.setdefault(key(record), []).append(Run(
+            record["seed"], record["metrics"], record["wall_seconds"], record["attempts"], record.get("command", ""),
+            tuple(run["miou"] for run in record.get("earlier_runs", []))))
     return results
 
 
@@ -302,7 +332,7 @@ def label_and_split(key, args):
 
 def expected_minutes(args):
     """{(label, split): mean wall time in minutes of its records in --records}, to plan the runs left."""
-    return {label_and_split(key, args): np.mean([w for _, _, w, _, _ in runs]) / 60
+    return {label_and_split(key, args): np.mean([run.wall_seconds for run in runs]) / 60
             for key, runs in finished(args).items()}
 
 
@@ -310,9 +340,9 @@ def summary(results):
     """{label: (mean, std or nan, seeds)} of val mIoU in %."""
     out = {}
     for label, runs in results.items():
-        mious = 100 * np.array([m["miou"] for _, m, _, _, _ in runs])
+        mious = 100 * np.array([run.metrics["miou"] for run in runs])
         out[label] = (mious.mean(), np.std(mious, ddof=1) if len(mious) > 1 else float("nan"),
-                      [seed for seed, _, _, _, _ in runs])
+                      [run.seed for run in runs])
     return out
 
 
@@ -324,7 +354,7 @@ def tables(args):
     results = finished(args)
     stats = summary(results)
     full = stats.get("suponly (full)")
-    supervised = {seed: 100 * m["miou"] for seed, m, _, _, _ in results.get("suponly", [])}
+    supervised = {run.seed: 100 * run.metrics["miou"] for run in results.get("suponly", [])}
     methods = registered_methods()
     where = os.path.join(os.path.basename(os.path.dirname(args.records)), os.path.basename(args.records))
 
@@ -332,7 +362,7 @@ def tables(args):
         mean, std, seeds = stats[label]
         split = label_and_split(label, args)[1]
         delta = closed = "-"
-        paired = {seed: 100 * m["miou"] for seed, m, _, _, _ in runs if seed in supervised}
+        paired = {run.seed: 100 * run.metrics["miou"] for run in runs if run.seed in supervised}
         if paired and label != "suponly" and split == args.split:
             # Paired by seed (a seed fixes the labeled images): the method against SupOnly on its seeds.
             gains = np.array([miou - supervised[seed] for seed, miou in paired.items()])
@@ -342,7 +372,7 @@ def tables(args):
                 closed = f"{100 * gains.mean() / (full[0] - baseline):.0f} %"
         std_text = "-" if np.isnan(std) else f"{std:.2f}"
         return (f"**{mean:.2f} +- {std_text}** | {','.join(map(str, seeds))} | {delta} | {closed} "
-                f"| {np.mean([w for _, _, w, _, _ in runs]) / 60:.1f} min |"), split
+                f"| {np.mean([run.wall_seconds for run in runs]) / 60:.1f} min |"), split
 
     lines = [f"{args.dataset}, split {args.split}, val mIoU (%); records in `{where}`.",
              "", "| method | split | val mIoU, mean +- std | seeds | vs SupOnly, same seeds | gap closed "
@@ -354,26 +384,28 @@ def tables(args):
         if label.split(" (")[0] in methods and (split in (args.split, "full")):
             lines.append(f"| {label.split(' (')[0]} | {split} | {text}")
         else:
-            variants.append(f"| {label.split(' (')[0]} | `{settings(runs[0][4]) or '-'}` | {split} | {text}")
+            variants.append(f"| {label.split(' (')[0]} | `{settings(runs[0].command) or '-'}` | {split} | {text}")
     if variants:
         lines += ["", "Variants (the method's benchmark command plus the settings shown)", "",
                   "| variant | settings | split | val mIoU, mean +- std | seeds | vs SupOnly, same seeds | gap closed "
                   "| mean wall time |", "|---|---|---|---|---|---|---|---|"] + variants
     lines += ["", "| method | seed | stages (val mIoU) | val mIoU | wall time |", "|---|---|---|---|---|"]
     for label, runs in results.items():
-        for seed, metrics, wall, attempts, _ in runs:
+        for run in runs:
             stages = [f"{name.split('_', 1)[0]}: {100 * s['miou']:.2f}"
-                      for name, s in metrics.get("stages", {}).items() if "miou" in s]
-            resumed = f" ({attempts} attempts)" if attempts > 1 else ""
-            lines.append(f"| {label} | {seed} | {', '.join(stages) or '-'} | {100 * metrics['miou']:.2f} "
-                         f"| {wall / 60:.1f} min{resumed} |")
+                      for name, s in run.metrics.get("stages", {}).items() if "miou" in s]
+            resumed = f" ({run.attempts} attempts)" if run.attempts > 1 else ""
+            earlier = (f" (earlier run{'s' if len(run.earlier_mious) > 1 else ''} of this seed: "
+                       f"{', '.join(f'{100 * m:.2f}' for m in run.earlier_mious)})" if run.earlier_mious else "")
+            lines.append(f"| {label} | {run.seed} | {', '.join(stages) or '-'} | {100 * run.metrics['miou']:.2f}"
+                         f"{earlier} | {run.wall_seconds / 60:.1f} min{resumed} |")
     if results:
-        classes = list(next(iter(results.values()))[0][1]["per_class_iou"])
+        classes = list(next(iter(results.values()))[0].metrics["per_class_iou"])
         lines += ["", "Mean per-class IoU (%)", "", f"| method | {' | '.join(classes)} |",
                   f"|---|{'---|' * len(classes)}"]
         for label, runs in results.items():
-            values = np.array([[np.nan if v is None else v for v in m["per_class_iou"].values()]
-                               for _, m, _, _, _ in runs])
+            values = np.array([[np.nan if v is None else v for v in run.metrics["per_class_iou"].values()]
+                               for run in runs])
             lines.append(f"| {label} | " + " | ".join(f"{100 * v:.1f}" for v in np.nanmean(values, 0)) + " |")
     return "\n".join(lines) + "\n"
 
@@ -396,7 +428,7 @@ def figure(args, path):
         return None
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 4.5, 3.6))
     for x, label in enumerate(labels):
-        mious = [100 * m["miou"] for _, m, _, _, _ in results[label]]
+        mious = [100 * run.metrics["miou"] for run in results[label]]
         ax.scatter([x] * len(mious), mious, s=28, color="C0", zorder=3)
         ax.plot([x - 0.25, x + 0.25], [np.mean(mious)] * 2, color="C0", lw=1.5)
     for key, name, style in (("suponly", f"SupOnly {args.split}", "--"), ("suponly (full)", "SupOnly full labels", ":")):

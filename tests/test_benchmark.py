@@ -399,3 +399,32 @@ def test_an_unknown_method_is_refused_by_name_before_anything_runs(tmp_path, cap
         err = capsys.readouterr().err
         assert "no method 'st_plusplus'" in err and "stpp" in err and flag.split("=")[0] in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "records").exists()
+
+
+def test_a_retrained_teacher_keeps_the_earlier_run_of_its_seed_in_its_record(tmp_path, monkeypatch):
+    """A teacher trained again on a fresh machine replaces its seed's record; the earlier run's result stays
+    in it (and in the per-run table), and writing the same run's record again adds nothing."""
+    import sys
+
+    args = benchmark.parse_args(["--dataset=synthetic", f"--runs_dir={tmp_path / 'runs'}",
+                                 f"--records={tmp_path / 'records'}"])
+    _record(args, "suponly", "1_16", 2, 0.5488, "scripts/train.py --method=suponly --seed=2")
+    run = tmp_path / "runs" / "suponly_1_16_seed2"
+    mious = [0.5329, 0.5329, 0.5401]  # one a call of execute(); the second finds its run finished
+    monkeypatch.setattr(benchmark, "command", lambda args, method, split, seed, workdir, extra: [
+        sys.executable, "-c", "import json, sys; json.dump({'miou': float(sys.argv[2]), 'per_class_iou': {}}, "
+        "open(sys.argv[1] + '/metrics.json', 'w'))", workdir, str(mious.pop(0))])
+    assert benchmark.execute(args, "suponly", "suponly", "1_16", 2, []) == 0
+    path = benchmark.record_path(args, "suponly", "1_16", 2)
+    record = json.load(open(path))
+    assert record["metrics"]["miou"] == 0.5329
+    assert record["earlier_runs"] == [{"miou": 0.5488, "wall_seconds": 60.0,
+                                       "command": "scripts/train.py --method=suponly --seed=2"}]
+    assert benchmark.execute(args, "suponly", "suponly", "1_16", 2, []) == 0  # the finished run, recorded again
+    assert json.load(open(path))["earlier_runs"] == record["earlier_runs"]
+    (run / "metrics.json").unlink()
+    assert benchmark.execute(args, "suponly", "suponly", "1_16", 2, []) == 0  # a third run
+    assert [r["miou"] for r in json.load(open(path))["earlier_runs"]] == [0.5488, 0.5329]
+    table = benchmark.tables(args)
+    assert "| suponly | 2 | - | 54.01 (earlier runs of this seed: 54.88, 53.29) |" in table
+    assert "| suponly | 1_16 | **54.01 +- -** | 2 |" in table  # the row is the run on disk, the students' teacher
