@@ -71,16 +71,20 @@ def test_cutmix_keeps_image_pseudo_label_confidence_and_padding_aligned():
 
 
 def test_the_stream_gives_named_views_of_one_crop_with_boxes():
-    cfg = configs.get_config("unimatch", "synthetic").replace(crop_size=32, batch_size=4, scale_range=(1.0, 1.0))
+    """The strong views are photometric perturbations of the weak view's crop, drawn independently: with
+    their perturbations off they are that crop, whatever the scale and flip drawn."""
+    cfg = configs.get_config("unimatch", "synthetic").replace(crop_size=32, batch_size=4)
     dataset = runner.load_dataset(cfg)
     u = next(iter(UniMatch.train_data(dataset, cfg)))["unlabeled"]
     assert sorted(u) == ["box_1", "box_2", "image", "image_strong_1", "image_strong_2", "valid"]
-    # Photometric views of the same crop: the same edges (correlated), independently drawn.
-    weak, s1, s2 = (u[k].numpy().mean(-1) for k in ("image", "image_strong_1", "image_strong_2"))
-    for view in (s1, s2):
-        assert np.corrcoef(np.abs(np.diff(weak, axis=2)).ravel(), np.abs(np.diff(view, axis=2)).ravel())[0, 1] > 0.3
-    assert not np.allclose(s1, s2)
+    assert not np.allclose(u["image_strong_1"], u["image_strong_2"])
+    assert not np.allclose(u["image_strong_1"], u["image"])
     assert set(np.unique(u["box_1"])) <= {0, 1}
+    plain = cfg.override(["color_jitter=0,0,0,0", "p_gray=0", "p_blur=0"])
+    for _, batch in zip(range(3), UniMatch.train_data(dataset, plain)):
+        u = batch["unlabeled"]
+        for view in ("image_strong_1", "image_strong_2"):
+            np.testing.assert_allclose(u[view], u["image"], atol=1e-3)
 
 
 def test_pseudo_labels_carry_no_gradient():
