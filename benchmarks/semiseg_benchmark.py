@@ -10,8 +10,8 @@ Each run is `scripts/train.py --method=M --dataset=D --split=S --seed=N --mixed_
 SupOnly run as their teacher (`--set teacher=...`; it runs first, also when --methods leaves
 SupOnly out), so each seed's teacher trains once and is the SupOnly row they are compared with
 (where the teacher's record exists but its run does not, as on a fresh clone, it trains again and
-its record takes the new run, keeping the earlier run's result under `earlier_runs`). Runs go seed by seed (seed 0 of every method first), so a partial
-benchmark already compares all methods. A finished run leaves a small record,
+its record takes the new run, keeping the earlier run's result under `earlier_runs`). Runs go seed
+by seed (seed 0 of every method first), so a partial benchmark already compares all methods. A finished run leaves a small record,
 `<records>/<label>_<split>_seed<N>.json` (its metrics, command and wall time; paths in it relative to the checkout, `RUNS/` for the runs
 folder), meant to be committed: a run with a record is skipped, on this machine or a fresh one. An
 interrupted run resumes where train.py left it (its stages and backups), so the command can be

@@ -47,4 +47,3 @@ def test_fixmatch_one_pass_batches_x_u_w_and_the_strong_view_together(one_pass):
     cfg = configs.get_config("fixmatch", "synthetic")
     assert cfg.one_pass is False
     assert FixMatch.create(cfg.override(["one_pass=true"]), runner.load_dataset(cfg.replace(crop_size=32))).one_pass
-

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import configs
+from tests.conftest import weak_strong_batch, weak_strong_model
 from tfsemiseg import losses, runner
 from tfsemiseg.data import pipeline
 from tfsemiseg.data.io import IGNORE_LABEL
@@ -14,7 +15,6 @@ from tfsemiseg.methods import METHODS
 from tfsemiseg.methods.fixmatch import FixMatch
 from tfsemiseg.methods.unimatch import (DistributionAlignment, UniMatch, feature_dropout, mix_with_reversed,
                                        pseudo_labels)
-from tests.conftest import weak_strong_batch, weak_strong_model
 
 
 def test_unimatch_is_registered_with_its_settings():
