@@ -461,8 +461,9 @@ def main(argv=None):
     args = parse_args(argv)
     args.runs_dir, args.records = os.path.abspath(args.runs_dir), os.path.abspath(args.records)
     args.data_dir = args.data_dir and os.path.normpath(args.data_dir)
-    todo = with_missing_teachers(
-        args, [r for r in plan(args) if not os.path.exists(record_path(args, r[0], r[2], r[3]))])
+    todo = [r for r in plan(args) if not os.path.exists(record_path(args, r[0], r[2], r[3]))]
+    if not args.table_only:
+        todo = with_missing_teachers(args, todo)
     if todo and args.precision == "bf16" and not args.table_only and not args.dry_run:
         from tfsemiseg.training import native_bfloat16
 

@@ -186,6 +186,18 @@ def test_a_teacher_recorded_but_not_on_this_machine_trains_again_before_its_stud
     assert "1 runs finished, 1 to do" in out and "--method=suponly" not in out
 
 
+def test_table_only_plans_no_teacher_retraining(tmp_path, capsys):
+    """--table_only trains nothing, so it does not announce that a teacher trains again."""
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    argv = ["--dataset=synthetic", "--methods=st", "--seeds=0", "--upper_bound_seeds=", f"--records={records}",
+            f"--runs_dir={runs}", "--table_only"]
+    _record(benchmark.parse_args(argv), "suponly", "1_16", 0, 0.40)
+    assert benchmark.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trains again" not in out and "1 runs finished, 1 to do" in out
+    assert (records / "results.md").exists() and not runs.exists()
+
+
 def test_dry_run_estimates_each_run_from_its_methods_records(tmp_path, capsys):
     """Each run to do is listed with its method's mean recorded wall time on that split, and the total."""
     records = tmp_path / "records"
