@@ -11,9 +11,10 @@ SupOnly run as their teacher (`--set teacher=...`; it runs first, also when --me
 SupOnly out), so each seed's teacher trains once and is the SupOnly row they are compared with
 (where the teacher's record exists but its run does not, as on a fresh clone, it trains again and
 its record takes the new run, keeping the earlier run's result under `earlier_runs`). Runs go seed
-by seed (seed 0 of every method first), so a partial benchmark already compares all methods. A finished run leaves a small record,
-`<records>/<label>_<split>_seed<N>.json` (its metrics, command and wall time; paths in it relative to the checkout, `RUNS/` for the runs
-folder), meant to be committed: a run with a record is skipped, on this machine or a fresh one. An
+by seed (seed 0 of every method first), so a partial benchmark already compares all methods. A
+finished run leaves a small record, `<records>/<label>_<split>_seed<N>.json` (its metrics, command
+and wall time; paths in it relative to the checkout, `RUNS/` for the runs folder), meant to be
+committed: a run with a record is skipped, on this machine or a fresh one. An
 interrupted run resumes where train.py left it (its stages and backups), so the command can be
 stopped and run again. The wall time of every attempt is added up in `<run>.attempts.json` (beside
 the run, which train.py keeps to its own files), brought up to date every minute while a run
