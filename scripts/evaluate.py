@@ -11,7 +11,7 @@ from absl import app, flags
 
 from tfsemiseg import runner
 from tfsemiseg.data import DataError
-from tfsemiseg.files import disk_full, disk_full_message
+from tfsemiseg.files import error_message
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "directory of a finished train.py run", required=True)
@@ -24,7 +24,7 @@ def main(argv):
     try:
         metrics = runner.evaluate(FLAGS.workdir, FLAGS.data_dir, FLAGS.eval_split)
     except (DataError, OSError, ValueError) as err:
-        sys.exit(f"error: {disk_full_message(err) if disk_full(err) else err}")
+        sys.exit(f"error: {error_message(err)}")
     for name, iou in metrics["per_class_iou"].items():
         print(f"  {name:>14s}: {'-' if iou is None else f'{100 * iou:.1f}'}")
     print(f"{metrics['eval_split']} mIoU: {100 * metrics['miou']:.2f}  "

@@ -13,7 +13,7 @@ import _bootstrap  # noqa: F401
 from absl import app, flags
 
 from tfsemiseg import export, runner
-from tfsemiseg.files import disk_full, disk_full_message
+from tfsemiseg.files import error_message
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "directory of a finished train.py run", required=True)
@@ -28,7 +28,7 @@ def main(argv):
         cfg, segmenter = runner.load_run(FLAGS.workdir)
         path = export.export_saved_model(segmenter, output, cfg.image_scale, overwrite=FLAGS.overwrite)
     except (FileNotFoundError, OSError, ValueError, export.ExportError) as err:
-        sys.exit(f"error: {disk_full_message(err) if disk_full(err) else err}")
+        sys.exit(f"error: {error_message(err)}")
     if not os.path.basename(os.path.normpath(path)).isdigit():
         print(f"note: TF Serving loads numbered version folders (<model>/1, <model>/2, ...); {path} is not one.")
     print(f"SavedModel written to {path}. Signatures: serving_default (image_bytes: PNG/JPEG files -> classes, "

@@ -14,7 +14,7 @@ import _bootstrap  # noqa: F401
 from absl import app, flags
 
 from tfsemiseg import export, runner
-from tfsemiseg.files import disk_full, disk_full_message
+from tfsemiseg.files import error_message
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "directory of a finished train.py run", required=True)
@@ -30,7 +30,7 @@ def main(argv):
         written, failed = export.predict_files(segmenter, export.image_files(argv[1:]), FLAGS.output_dir,
                                                FLAGS.colour, cfg.image_scale)
     except (FileNotFoundError, OSError, ValueError, export.ExportError) as err:
-        sys.exit(f"error: {disk_full_message(err) if disk_full(err) else err}")
+        sys.exit(f"error: {error_message(err)}")
     print(f"{len(written)} prediction(s) written to {FLAGS.output_dir}")
     for path, reason in failed:
         print(f"error: cannot read {path} ({reason}); skipped", file=sys.stderr)

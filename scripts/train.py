@@ -22,7 +22,7 @@ from tfsemiseg import runner
 from tfsemiseg.callbacks import BackupError, TrainingDiverged
 from tfsemiseg.data import DataError
 from tfsemiseg.methods import METHODS, describe
-from tfsemiseg.files import disk_full, disk_full_message
+from tfsemiseg.files import disk_full, error_message
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("method", "suponly", "; ".join(f"{name}: {describe(cls)}" for name, cls in METHODS.items()))
@@ -78,11 +78,11 @@ def main(argv):
               "epoch, finished stages are kept.", file=sys.stderr, flush=True)
         sys.exit(130)
     except (DataError, ValueError, FileNotFoundError, TrainingDiverged, BackupError) as err:
-        sys.exit(f"error: {disk_full_message(err) if disk_full(err) else err}")
+        sys.exit(f"error: {error_message(err)}")
     except (OSError, RuntimeError, tf_errors.OpError) as err:
         if not disk_full(err):
             raise
-        sys.exit(f"error: {disk_full_message(err)}")
+        sys.exit(f"error: {error_message(err)}")
     print(json.dumps({k: metrics[k] for k in ("method", "dataset", "split", "steps", "train_images_per_sec")}))
     for stage, result in metrics.get("stages", {}).items():  # ST / ST++
         seconds = result.get("train_seconds", result.get("seconds"))

@@ -13,7 +13,8 @@ def test_a_full_disk_in_a_library_names_the_file_being_written(tmp_path):
             raise RuntimeError("Can't write data (file write failed: ..., errno = 28, "
                                "error message = 'No space left on device')")
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == path
-    assert files.disk_full_message(raised.value).startswith(f"the disk is full (writing {path}). Free some space")
+    assert files.error_message(raised.value).startswith(f"the disk is full (writing {path}). Free some space")
+    assert files.error_message(ValueError("bad --split")) == "bad --split"  # other errors: their own message
     with pytest.raises(ValueError):  # other errors pass unchanged
         with files.writing(path):
             raise ValueError("bad value")

@@ -18,7 +18,11 @@ def disk_full(err):
     return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
 
 
-def disk_full_message(err):
+def error_message(err):
+    """What a script tells the user of an error: for a full disk, the file and how to go on; else the
+    error's own message."""
+    if not disk_full(err):
+        return str(err)
     where = getattr(err, "filename", None)
     return (f"the disk is full{f' (writing {where})' if where else ''}. "
             "Free some space, then run the same command again: the last finished epoch is kept.")
