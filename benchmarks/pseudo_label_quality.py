@@ -19,6 +19,11 @@ With --recalibrate_bn=<N> (any run): is the evaluation's BatchNorm what a method
 segmenter's val mIoU with its moving statistics, then with them re-estimated on N batches of weak
 crops of the unlabeled images (training-mode passes, momentum 0.9; the weights unchanged).
 
+With --images=<list> (ST / ST++), the labelling stages on the images of that list only, e.g. how the
+teacher of an ST run labelled what ST++'s selection found unreliable:
+`pseudo_label_quality.py <st run> --images=<stpp run>/2_select/unreliable.txt`. A list holds one
+image a line, its path first (tab-separated, as the split files and ST++'s selection write them).
+
 With --focus=<class>, also that class's recall and precision in the pseudo-labels, and its share of
 pseudo-labeled pixels against its share of ground-truth pixels. With --students (ST / ST++), also
 how well the teacher and each student learnt what they trained on: its predictions on its pseudo-labeled images
@@ -38,9 +43,10 @@ from tfsemiseg.data import io  # noqa: E402
 from tfsemiseg.methods.st import read_pseudo_labels  # noqa: E402
 
 
-def stage_quality(stage_dirs, dataset):
-    """(images, mIoU, per-class IoU) of the pseudo-labels of `stage_dirs` taken together."""
-    pairs = _pairs(stage_dirs)
+def stage_quality(stage_dirs, dataset, images=None):
+    """(images, mIoU, per-class IoU) of the pseudo-labels of `stage_dirs` taken together; with
+    `images` (a set of image paths), of those images' pseudo-labels only."""
+    pairs = [pair for pair in _pairs(stage_dirs) if images is None or pair[0][0] in images]
     miou = metrics.MeanIoU(dataset.num_classes)
     for (_, truth_path), pseudo_path in pairs:
         truth = io.read_label(truth_path, dataset.num_classes, dataset.ignore_value)
@@ -158,7 +164,14 @@ def focus_report(miou, index):
             f"pixels {100 * cm[:, index].sum() / cm.sum():.2f} % (truth {100 * cm[index].sum() / cm.sum():.2f} %)")
 
 
-def main(run_dirs, focus=None, students=False, tau=None, recalibrate_bn=None):
+def read_image_list(path):
+    """The image paths of a list file: the first tab-separated field of each line."""
+    with open(path) as f:
+        return {line.split("\t")[0].strip() for line in f if line.strip()}
+
+
+def main(run_dirs, focus=None, students=False, tau=None, recalibrate_bn=None, images=None):
+    only = None if images is None else read_image_list(images)
     for run_dir in run_dirs:
         if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
             continue  # not a finished run (e.g. a log file matched by a glob)
@@ -189,11 +202,15 @@ def main(run_dirs, focus=None, students=False, tau=None, recalibrate_bn=None):
                 if focus:
                     print(f"  {'':9s}  {focus}: {focus_report(miou, dataset.class_names.index(focus))}")
             continue
-        print("  stage                 images  pseudo-label mIoU  per class")
+        print("  stage                 images  pseudo-label mIoU  per class"
+              + ("" if images is None else f"  (the images of {images} only)"))
         stages = [s for s in sorted(os.listdir(run_dir)) if os.path.isfile(os.path.join(run_dir, s, "labels.txt"))]
         rows = [(stage, [stage]) for stage in stages] + ([("all together", stages)] if len(stages) > 1 else [])
         for name, group in rows:
-            count, value, miou = stage_quality([os.path.join(run_dir, s) for s in group], dataset)
+            count, value, miou = stage_quality([os.path.join(run_dir, s) for s in group], dataset, only)
+            if not count:
+                print(f"  {name:20s}  none of the images of {images}")
+                continue
             classes = " ".join("-" if np.isnan(v) else f"{100 * v:.0f}" for v in miou.per_class_iou())
             print(f"  {name:20s}  {count:6d}  {100 * value:17.2f}  {classes}")
             if focus:
@@ -213,4 +230,4 @@ if __name__ == "__main__":
 
     tau, batches = value("confident"), value("recalibrate_bn")
     main([a for a in sys.argv[1:] if not a.startswith("--")], value("focus"), "--students" in sys.argv,
-         None if tau is None else float(tau), None if batches is None else int(batches))
+         None if tau is None else float(tau), None if batches is None else int(batches), value("images"))

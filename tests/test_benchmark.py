@@ -347,6 +347,38 @@ def test_student_fit_measures_each_stage_on_what_it_trained_on(camvid_tree, tmp_
     assert 0 < pixels["labeled vs truth"] <= 2 * 24 * 32
 
 
+def test_stage_quality_on_a_list_counts_only_its_images(camvid_tree, tmp_path):
+    """pseudo_label_quality.py --images: the stage's pseudo-labels scored on the listed images only
+    (here the right ones, 1.0), the list read as split files and ST++'s selection write it."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tfsemiseg.data import build_dataset, io
+    from tfsemiseg.methods import st
+
+    spec = importlib.util.spec_from_file_location("plq", os.path.join(ROOT, "benchmarks", "pseudo_label_quality.py"))
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    dataset = build_dataset("camvid", camvid_tree, "1_4")
+    stage = tmp_path / "2_pseudo_label"
+    os.makedirs(stage)
+    names = []
+    for i, (image_path, label_path) in enumerate(dataset.unlabeled):
+        truth = io.read_label(label_path, 11, 11).numpy()
+        pseudo = np.where(truth == 11, 0, truth) if i < 2 else (truth + 1) % 11  # right on the first two only
+        names.append(os.path.basename(image_path))
+        tf.io.write_file(str(stage / names[-1]), tf.io.encode_png(pseudo[..., None].astype(np.uint8)))
+    st._write_keys(stage / "keys.txt", dataset.unlabeled)
+    (stage / "labels.txt").write_text("\n".join(names) + "\n")
+    listed = tmp_path / "reliable.txt"
+    listed.write_text("".join(f"{image}\t{label}\n" for image, label in dataset.unlabeled[:2]))
+
+    count, miou, _ = quality.stage_quality([str(stage)], dataset, quality.read_image_list(str(listed)))
+    assert (count, miou) == (2, 1.0)
+    count, miou, _ = quality.stage_quality([str(stage)], dataset)
+    assert count == len(dataset.unlabeled) == 6 and miou < 0.5
+
+
 def test_speed_benchmark_camvid_setting_is_the_camvid_step():
     args = speed.parse_args(["--setting=camvid", "--method=suponly"])
     cfg = speed.benchmark_config(args)
