@@ -171,6 +171,8 @@ def read_image_list(path):
 
 
 def main(run_dirs, focus=None, students=False, tau=None, recalibrate_bn=None, images=None):
+    if images is not None and not os.path.isfile(images):
+        sys.exit(f"error: --images={images}: no such file (give a list such as <stpp run>/2_select/unreliable.txt)")
     only = None if images is None else read_image_list(images)
     for run_dir in run_dirs:
         if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
