@@ -13,6 +13,17 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
+def benchmark_script(name):
+    """A script of benchmarks/ (not a package) loaded as a module, e.g. `benchmark_script("benchmark")`."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)

@@ -1,19 +1,15 @@
 """benchmarks/semiseg_benchmark.py: runs seed by seed, records finished runs, skips them when run again."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("semiseg_benchmark", os.path.join(ROOT, "benchmarks",
-                                                                                "semiseg_benchmark.py"))
-benchmark = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark)
-spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "benchmark.py"))
-speed = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(speed)
+from tests.conftest import benchmark_script
+
+benchmark = benchmark_script("semiseg_benchmark")
+speed = benchmark_script("benchmark")
+quality = benchmark_script("pseudo_label_quality")
 
 
 @pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
@@ -317,9 +313,6 @@ def test_student_fit_measures_each_stage_on_what_it_trained_on(camvid_tree, tmp_
     from tfsemiseg.methods import st
     from tfsemiseg.models.segmenters import build_segmenter
 
-    spec = importlib.util.spec_from_file_location("plq", os.path.join(ROOT, "benchmarks", "pseudo_label_quality.py"))
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
     dataset = build_dataset("camvid", camvid_tree, "1_4")
     segmenter = build_segmenter("deeplabv2", "tiny", 11)
     run = tmp_path / "run"
@@ -356,9 +349,6 @@ def test_stage_quality_on_a_list_counts_only_its_images(camvid_tree, tmp_path):
     from tfsemiseg.data import build_dataset, io
     from tfsemiseg.methods import st
 
-    spec = importlib.util.spec_from_file_location("plq", os.path.join(ROOT, "benchmarks", "pseudo_label_quality.py"))
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
     dataset = build_dataset("camvid", camvid_tree, "1_4")
     stage = tmp_path / "2_pseudo_label"
     os.makedirs(stage)
@@ -414,9 +404,6 @@ def test_recalibrated_bn_reestimates_only_the_batchnorm_statistics(monkeypatch):
     from tfsemiseg import runner
     from tfsemiseg.models.segmenters import build_from_config
 
-    spec = importlib.util.spec_from_file_location("plq", os.path.join(ROOT, "benchmarks", "pseudo_label_quality.py"))
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
     cfg = configs.get_config("suponly", "synthetic").replace(image_size=32, crop_size=32, batch_size=4)
     dataset = runner.load_dataset(cfg)
     segmenter = build_from_config(cfg, dataset.num_classes)

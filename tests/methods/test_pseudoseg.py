@@ -12,6 +12,7 @@ from tfsemiseg.data import build_dataset, io, pipeline
 from tfsemiseg.models.heads import resize_like
 from tfsemiseg.methods.pseudoseg import (PseudoSeg, SelfAttentionGradCAM, build_classifier, fuse_pseudo_labels,
                                          grad_cam, present_classes)
+from tests.conftest import benchmark_script
 
 
 def softmax(x):
@@ -209,8 +210,6 @@ def test_unlabeled_image_labels_are_the_classes_in_the_crop(synthetic):
 @pytest.mark.slow  # suite budget: end to end, covered by the README command and -m slow
 def test_a_few_steps_on_synthetic_then_evaluate_and_measure_the_pseudo_labels(synthetic, tmp_path):
     import dataclasses
-    import importlib.util
-    import os
 
     cfg, dataset = synthetic
     cfg = cfg.replace(workdir=str(tmp_path / "run"))
@@ -220,10 +219,7 @@ def test_a_few_steps_on_synthetic_then_evaluate_and_measure_the_pseudo_labels(sy
     events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
     assert events  # losses and the CAM / SGC / pseudo-label images
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("plq", os.path.join(root, "benchmarks", "pseudo_label_quality.py"))
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
+    quality = benchmark_script("pseudo_label_quality")
     few = dataclasses.replace(dataset, unlabeled=dataset.unlabeled[:4])
     results = quality.pseudoseg_quality(cfg.workdir, cfg, few)
     assert set(results) == {"decoder", "cam", "sgc", "fused"}
